@@ -1,0 +1,21 @@
+"""The CTR workload as a Seraphim job: each worker trains on its shard of the generated click log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from seraphim.algorithms.ctr.train import CTRConfig, train_worker
+from seraphim.algorithms.registry import Job, JobContext, register
+
+
+@register("ctr")
+class CTRJob(Job):
+    """Sparse logistic regression or wide-and-deep, parameters on the PS."""
+
+    Spec = CTRConfig
+
+    def total_steps(self) -> int:
+        return self.spec.steps
+
+    def run(self, ctx: JobContext) -> dict[str, Any]:
+        return train_worker(ctx.ps, self.spec.model, self.spec, ctx.rank, ctx.world_size, metrics_cb=ctx.report)

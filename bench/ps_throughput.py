@@ -1,0 +1,410 @@
+"""Sparse pull/push throughput of Seraphim's PS against two peers measured in the same run on the same keys.
+
+Workload: batches of 8192 int64 keys drawn Zipf(1.1) over 10M keys (CTR traffic), dim 64 float32, 2 PS shards on
+loopback. Peers: (a) the raw gRPC ceiling, an echo service in 2 processes moving exactly the bytes our client
+sends each shard (unique keys up, their rows down for a pull; unique keys and merged gradients up for a push),
+and (b) a parameter server on ``torch.distributed.rpc`` built as PyTorch's tutorial builds one, sharded like ours.
+Rows/s counts the rows the caller asked for (repeats included); MB/s is those rows times dim x 4 bytes.
+
+All three systems are started first and then measured in interleaved rounds (the order rotating each round), so
+load from elsewhere on the host falls on all of them alike rather than on whichever ran last.
+
+    python bench/ps_throughput.py [--batches 50] [--rounds 5] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import multiprocessing as mp
+import os
+import pstats
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from collections import defaultdict
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import grpc
+import numpy as np
+import torch
+import torch.distributed.rpc as rpc
+
+from common import BoundedZipf, geometric_mean, print_figures, rates, time_each
+from seraphim.proto.partition import group_by_shard, sparse_shard_of
+from seraphim.proto.rpc import make_channel, make_server
+from seraphim.scheduler.local_cluster import LocalCluster, PSProcessSpec
+from seraphim.worker import SGD, Normal, PSClient, merge_duplicates
+
+NUM_SHARDS = 2
+LR, INIT_STD = 0.01, 0.01
+TARGET_VS_ECHO, TARGET_VS_TORCH = 0.7, 1.5
+SYSTEMS = ("seraphim", "grpc_echo", "torch_rpc")
+_SPAWN = mp.get_context("spawn")
+_JOIN_TIMEOUT_S = 20.0
+
+#: one measured operation of a system: run it on batches [lo, hi), return the seconds it took
+Op = Callable[[int, int], float]
+
+
+@dataclass
+class Workload:
+    """The key batches every system sees, one gradient block pushed with each batch, and the key union."""
+
+    batches: np.ndarray  # [num_batches, batch_size] int64
+    grads: np.ndarray    # [batch_size, dim] float32
+    touched: np.ndarray  # every key of the batches once, for the warm-up
+
+    @property
+    def dim(self) -> int:
+        return self.grads.shape[1]
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dim * self.grads.itemsize
+
+    def warm_chunks(self) -> list[np.ndarray]:
+        return np.array_split(self.touched, max(1, -(-len(self.touched) // self.batches.shape[1])))
+
+
+def make_workload(args: argparse.Namespace) -> Workload:
+    zipf = BoundedZipf(args.num_keys, args.alpha, seed=args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    batches = zipf.sample((args.batches, args.batch_size), rng)
+    grads = (rng.standard_normal((args.batch_size, args.dim)) * 0.01).astype(np.float32)
+    return Workload(batches, grads, np.unique(batches))
+
+
+# -- Seraphim ------------------------------------------------------------------------------------------------------
+@contextmanager
+def seraphim_system(work: Workload, args: argparse.Namespace) -> Iterator[dict[str, Op]]:
+    """Our PS client used as a user would (pull; push; push_async + flush) against 2 LocalCluster shards."""
+    spec = PSProcessSpec(num_ps=NUM_SHARDS, ram_mb=args.ram_mb, page_kb=args.page_kb)
+    profiler = cProfile.Profile() if args.profile else None
+    with tempfile.TemporaryDirectory(prefix="seraphim-bench-") as tmp, LocalCluster(tmp, spec) as cluster, \
+            PSClient(cluster.addresses) as ps:
+        table = ps.sparse_table("bench", dim=work.dim, init=Normal(0.0, INIT_STD), optimizer=SGD(lr=LR))
+        for chunk in work.warm_chunks():
+            table.pull(chunk)
+        table.push(work.batches[0], work.grads)
+
+        def push_pipelined(batches: np.ndarray) -> None:
+            for keys in batches:
+                table.push_async(keys, work.grads)
+            ps.flush()
+
+        def measured(fn: Callable[[int, int], float]) -> Op:
+            def op(lo: int, hi: int) -> float:
+                if profiler:
+                    profiler.enable()
+                try:
+                    return fn(lo, hi)
+                finally:
+                    if profiler:
+                        profiler.disable()
+            return op
+
+        yield {"pull": measured(lambda lo, hi: time_each(table.pull, work.batches[lo:hi])),
+               "push": measured(lambda lo, hi: time_each(lambda k: table.push(k, work.grads), work.batches[lo:hi])),
+               "push_pipelined": measured(lambda lo, hi: time_each(push_pipelined, [work.batches[lo:hi]]))}
+    if profiler:
+        print("\n# cProfile of the Seraphim client (pull, push, pipelined push), by own time:", file=sys.stderr)
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
+
+
+# -- (a) the raw gRPC ceiling: an echo service ----------------------------------------------------------------------
+_ECHO_SERVICE = "bench.Echo"
+
+
+def _echo_main(row_bytes: int, max_rows: int, ports: Any, stop: Any) -> None:
+    """One echo process: Pull answers `row_bytes` per 8-byte key received, Push answers 8 bytes."""
+    blob = os.urandom(max_rows * row_bytes)
+
+    def pull(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return blob[:len(request) // 8 * row_bytes]
+
+    def push(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return len(request).to_bytes(8, "little")
+
+    server, port = make_server("127.0.0.1", 0)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_ECHO_SERVICE, {
+        "Pull": grpc.unary_unary_rpc_method_handler(pull),
+        "Push": grpc.unary_unary_rpc_method_handler(push)}),))
+    server.start()
+    ports.put(port)
+    stop.wait()
+    server.stop(grace=1).wait()
+
+
+def echo_payloads(work: Workload) -> tuple[list[list[bytes]], list[list[bytes]]]:
+    """Per batch and shard, the bytes our client puts on the wire: unique keys (pull), keys + merged grads (push)."""
+    pulls, pushes = [], []
+    for keys in work.batches:
+        uniq, merged = merge_duplicates(keys, work.grads)
+        parts = group_by_shard(sparse_shard_of(uniq, NUM_SHARDS), NUM_SHARDS)
+        pulls.append([uniq[pos].tobytes() for pos in parts])
+        pushes.append([uniq[pos].tobytes() + merged[pos].tobytes() for pos in parts])
+    return pulls, pushes
+
+
+@contextmanager
+def grpc_echo_system(work: Workload, args: argparse.Namespace) -> Iterator[dict[str, Op]]:
+    """Two echo processes called at once per batch with precomputed payloads: no routing, merging or codec."""
+    pulls, pushes = echo_payloads(work)
+    stop, ports = _SPAWN.Event(), _SPAWN.Queue()
+    procs = [_SPAWN.Process(target=_echo_main, args=(work.row_bytes, work.batches.shape[1], ports, stop),
+                            name=f"echo-{s}", daemon=True) for s in range(NUM_SHARDS)]
+    channels: list[grpc.Channel] = []
+    try:
+        for p in procs:
+            p.start()
+        channels = [make_channel(f"127.0.0.1:{ports.get(timeout=60)}") for _ in procs]
+        pull_calls = [c.unary_unary(f"/{_ECHO_SERVICE}/Pull") for c in channels]
+        push_calls = [c.unary_unary(f"/{_ECHO_SERVICE}/Push") for c in channels]
+
+        def both(calls: list[Callable], payloads: list[bytes]) -> None:
+            for future in [call.future(data) for call, data in zip(calls, payloads)]:
+                future.result()
+
+        for pull, push in zip(pulls[:5], pushes[:5]):
+            both(pull_calls, pull)
+            both(push_calls, push)
+        yield {"pull": lambda lo, hi: time_each(lambda p: both(pull_calls, p), pulls[lo:hi]),
+               "push": lambda lo, hi: time_each(lambda p: both(push_calls, p), pushes[lo:hi])}
+    finally:
+        for c in channels:
+            c.close()
+        stop.set()
+        _stop_processes(procs)
+
+
+# -- (b) a parameter server on torch.distributed.rpc ----------------------------------------------------------------
+class TorchRpcPS:
+    """One shard of the tutorial-style PS: rows in a preallocated tensor that doubles when full, a direct key ->
+    row tensor over the key space (vectorized, no dict), rows made on first touch, SGD by index_add_."""
+
+    def __init__(self, num_keys: int, dim: int, lr: float, init_std: float, seed: int) -> None:
+        self.row_of = torch.full((num_keys,), -1, dtype=torch.int64)
+        self.weights = torch.empty((1 << 16, dim))
+        self.num_rows = 0
+        self.lr, self.init_std = lr, init_std
+        self.gen = torch.Generator().manual_seed(seed)
+        self.lock = threading.Lock()
+
+    def _rows(self, keys: torch.Tensor) -> torch.Tensor:
+        rows = self.row_of[keys]
+        missing = rows < 0
+        if bool(missing.any()):
+            with self.lock:
+                fresh = torch.unique(keys[missing])
+                fresh = fresh[self.row_of[fresh] < 0]
+                start, end = self.num_rows, self.num_rows + len(fresh)
+                if end > len(self.weights):
+                    grown = torch.empty((max(end, 2 * len(self.weights)), self.weights.shape[1]))
+                    grown[:start] = self.weights[:start]
+                    self.weights = grown
+                self.weights[start:end].normal_(0.0, self.init_std, generator=self.gen)
+                self.row_of[fresh] = torch.arange(start, end)
+                self.num_rows = end
+            rows = self.row_of[keys]
+        return rows
+
+    def pull(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.weights[self._rows(keys)]
+
+    def push(self, keys: torch.Tensor, grads: torch.Tensor) -> None:
+        self.weights.index_add_(0, self._rows(keys), grads, alpha=-self.lr)
+
+
+class TorchRpcClient:
+    """The trainer side: hash-route keys as Seraphim does, rpc_async to both shards at once, tensors as args;
+    repeated keys travel as they are (the server's index_add_ sums them)."""
+
+    def __init__(self, shards: list[rpc.RRef], dim: int) -> None:
+        self.shards, self.dim = shards, dim
+
+    def _route(self, keys: np.ndarray) -> list[torch.Tensor]:
+        shard = torch.from_numpy(sparse_shard_of(keys, len(self.shards)))
+        return [shard == s for s in range(len(self.shards))]
+
+    def pull(self, keys: np.ndarray) -> torch.Tensor:
+        masks, k = self._route(keys), torch.from_numpy(keys)
+        futures = [ps.rpc_async().pull(k[m]) for ps, m in zip(self.shards, masks)]
+        out = torch.empty((len(keys), self.dim))
+        for m, f in zip(masks, futures):
+            out[m] = f.wait()
+        return out
+
+    def push(self, keys: np.ndarray, grads: torch.Tensor) -> None:
+        masks, k = self._route(keys), torch.from_numpy(keys)
+        torch.futures.wait_all([ps.rpc_async().push(k[m], grads[m]) for ps, m in zip(self.shards, masks)])
+
+
+def _init_torch_rpc(name: str, rank: int, port: int) -> None:
+    warnings.filterwarnings("ignore", message="You are using a Backend", category=UserWarning)
+    torch.set_num_threads(1)
+    rpc.init_rpc(name, rank=rank, world_size=NUM_SHARDS + 1, rpc_backend_options=rpc.TensorPipeRpcBackendOptions(
+        init_method=f"tcp://127.0.0.1:{port}", rpc_timeout=120))
+
+
+def _torch_ps_main(shard: int, port: int) -> None:
+    _init_torch_rpc(f"ps{shard}", shard + 1, port)
+    rpc.shutdown()
+
+
+def _torch_trainer_main(port: int, work: Workload, num_keys: int, seed: int, conn: Any) -> None:
+    """Warm up, answer 'ready', then run (op, lo, hi) commands from the parent and answer their seconds."""
+    _init_torch_rpc("trainer", 0, port)
+    try:
+        shards = [rpc.remote(f"ps{s}", TorchRpcPS, args=(num_keys, work.dim, LR, INIT_STD, seed + s))
+                  for s in range(NUM_SHARDS)]
+        client = TorchRpcClient(shards, work.dim)
+        grads = torch.from_numpy(work.grads)
+        ops = {"pull": client.pull, "push": lambda keys: client.push(keys, grads)}
+        for chunk in work.warm_chunks():
+            client.pull(chunk)
+        client.push(work.batches[0], grads)
+        conn.send("ready")
+        while (command := conn.recv()) is not None:
+            op, lo, hi = command
+            conn.send(time_each(ops[op], work.batches[lo:hi]))
+        del shards, client
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        rpc.shutdown()
+
+
+@contextmanager
+def torch_rpc_system(work: Workload, args: argparse.Namespace) -> Iterator[dict[str, Op]]:
+    """Trainer and 2 PS as spawned processes in one RPC group; the trainer runs the rounds this process asks for."""
+    port = _free_port()
+    conn, child_conn = _SPAWN.Pipe()
+    procs = [_SPAWN.Process(target=_torch_ps_main, args=(s, port), name=f"torch-ps{s}", daemon=True)
+             for s in range(NUM_SHARDS)]
+    procs.append(_SPAWN.Process(target=_torch_trainer_main, args=(port, work, args.num_keys, args.seed, child_conn),
+                                name="torch-trainer", daemon=True))
+
+    def answer() -> Any:
+        if not conn.poll(args.torch_timeout_s):
+            raise TimeoutError(f"the torch.distributed.rpc trainer did not answer within {args.torch_timeout_s} s")
+        reply = conn.recv()
+        if isinstance(reply, tuple):
+            raise RuntimeError(f"the torch.distributed.rpc trainer failed:\n{reply[1]}")
+        return reply
+
+    def op(name: str) -> Op:
+        def run(lo: int, hi: int) -> float:
+            conn.send((name, lo, hi))
+            return answer()
+        return run
+
+    try:
+        for p in procs:
+            p.start()
+        answer()
+        yield {"pull": op("pull"), "push": op("push")}
+    finally:
+        if procs[-1].is_alive():
+            conn.send(None)
+        _stop_processes(procs)
+
+
+# -- process plumbing and the report --------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_processes(procs: list[Any]) -> None:
+    """Join each started process for a while, then terminate, then kill what is left."""
+    deadline = time.monotonic() + _JOIN_TIMEOUT_S
+    for p in procs:
+        if p.pid is not None:
+            p.join(max(0.1, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+            p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def ratios(figures: dict[str, float], peer: str, name: str) -> dict[str, float]:
+    """Per-direction row-rate ratios of Seraphim over `peer` (push: synchronous; pipelined push shown apart)."""
+    ours = {d: figures[f"seraphim_{d}_rows_per_s"] for d in ("pull", "push", "push_pipelined")}
+    theirs = {d: figures[f"{peer}_{d}_rows_per_s"] for d in ("pull", "push")}
+    return {f"pull_{name}": ours["pull"] / theirs["pull"], f"push_{name}": ours["push"] / theirs["push"],
+            f"push_pipelined_{name}": ours["push_pipelined"] / theirs["push"]}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batches", type=int, default=50, help="measured pull batches (and as many pushes)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the batches are split into")
+    p.add_argument("--batch-size", type=int, default=8192)
+    p.add_argument("--num-keys", type=int, default=10_000_000)
+    p.add_argument("--alpha", type=float, default=1.1, help="Zipf exponent of key popularity")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--ram-mb", type=float, default=512.0, help="page-cache budget of each Seraphim PS")
+    p.add_argument("--page-kb", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
+    p.add_argument("--profile", action="store_true", help="cProfile the Seraphim client's rounds (to stderr)")
+    p.add_argument("--torch-timeout-s", type=float, default=300.0)
+    args = p.parse_args(argv)
+    unknown = set(args.systems.split(",")) - set(SYSTEMS)
+    if unknown:
+        p.error(f"--systems: unknown {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    if not 1 <= args.rounds <= args.batches:
+        p.error(f"--rounds must be in [1, --batches={args.batches}], got {args.rounds}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = [s for s in SYSTEMS if s in args.systems.split(",")]
+    started = time.perf_counter()
+    work = make_workload(args)
+    distinct = np.mean([len(np.unique(b)) for b in work.batches]) / args.batch_size
+    print(f"# {args.batches} batches x {args.batch_size} keys, Zipf({args.alpha}) over {args.num_keys:,} keys, "
+          f"dim {args.dim} float32, {NUM_SHARDS} shards; {distinct:.1%} of a batch's keys are distinct, "
+          f"{len(work.touched):,} keys touched; MB = 10^6 bytes of requested rows", flush=True)
+    starters = {"seraphim": seraphim_system, "grpc_echo": grpc_echo_system, "torch_rpc": torch_rpc_system}
+    seconds: dict[str, float] = defaultdict(float)
+    with ExitStack() as stack:
+        systems = {name: stack.enter_context(starters[name](work, args)) for name in names}
+        print(f"# started and warmed up in {time.perf_counter() - started:.1f} s", flush=True)
+        bounds = np.linspace(0, args.batches, args.rounds + 1).astype(int)
+        for r, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                for op, run in systems[name].items():
+                    seconds[f"{name}_{op}"] += run(int(lo), int(hi))
+    figures: dict[str, float] = {}
+    for key, s in seconds.items():
+        figures.update(rates(key, work.batches.size, s, work.row_bytes))
+    print_figures(figures)
+    headline = {}
+    for peer, name, target in (("grpc_echo", "ratio_vs_grpc_echo", TARGET_VS_ECHO),
+                               ("torch_rpc", "ratio_vs_torch_rpc_ps", TARGET_VS_TORCH)):
+        if "seraphim" in names and peer in names:
+            per_direction = ratios(figures, peer, name)
+            print_figures(per_direction)
+            headline[name] = geometric_mean([per_direction[f"pull_{name}"], per_direction[f"push_{name}"]])
+            print(f"# {name}: geometric mean of the pull and (synchronous) push row-rate ratios; target >= "
+                  f"{target}: {'met' if headline[name] >= target else 'MISSED'}")
+    print(f"# total {time.perf_counter() - started:.1f} s")
+    print_figures(headline)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Channel and server helpers shared by every Seraphim service: message limits, the cluster token, TLS, and the
+chunked transport for messages larger than one gRPC message.
+
+Every call carries the cluster token in the ``x-seraphim-token`` metadata entry; a server built here refuses a
+call without the right token with UNAUTHENTICATED. A message over the limit is cut into CRC-checked chunks and
+sent through the service's ``Chunked`` stream, never rejected.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import zlib
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import grpc
+
+from seraphim.proto import common_pb2
+from seraphim.proto.errors import DataLoss, InvalidArgument, SeraphimError
+
+TOKEN_METADATA_KEY = "x-seraphim-token"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHUNK_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for TLS: the server uses cert and key; a client uses ca (and cert/key for mutual TLS)."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None  # name the server's certificate was issued for, when it is not the host
+
+    def read(self, which: str) -> bytes | None:
+        path = getattr(self, which)
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read TLS {which} file {path!r}: {exc.strerror}") from exc
+
+
+def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+def make_channel(address: str, tls: TlsFiles | None = None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Channel:
+    """A channel to `address` with raised message limits, over TLS when tls names a CA."""
+    options = channel_options(max_message_bytes)
+    if tls is not None and tls.ca is not None:
+        if tls.server_name:
+            options.append(("grpc.ssl_target_name_override", tls.server_name))
+        creds = grpc.ssl_channel_credentials(root_certificates=tls.read("ca"), private_key=tls.read("key"),
+                                             certificate_chain=tls.read("cert"))
+        return grpc.secure_channel(address, creds, options=options)
+    return grpc.insecure_channel(address, options=options)
+
+
+def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return ((TOKEN_METADATA_KEY, token),) if token else ()
+
+
+def resolve_token(token: str | None = None, token_file: str | None = None) -> str | None:
+    """The cluster token from an argument, a file, or SERAPHIM_TOKEN / SERAPHIM_TOKEN_FILE in the environment."""
+    if token:
+        return token
+    token_file = token_file or os.environ.get("SERAPHIM_TOKEN_FILE")
+    if token_file:
+        try:
+            value = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read token file {token_file!r}: {exc.strerror}") from exc
+        if not value:
+            raise InvalidArgument(f"token file {token_file!r} is empty")
+        return value
+    return os.environ.get("SERAPHIM_TOKEN") or None
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Refuses every call whose metadata lacks the cluster token, before any handler runs."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == TOKEN_METADATA_KEY and hmac.compare_digest(value.encode(), self._token):
+                return continuation(handler_call_details)
+        return _refusal(continuation(handler_call_details))
+
+
+def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+    if handler is None:
+        return None
+
+    def deny(request_or_iterator, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                      "missing or wrong cluster token: pass the token of this cluster "
+                      "(--token, --token-file or SERAPHIM_TOKEN)")
+
+    kw = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny, **kw)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny, **kw)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(deny, **kw)
+    return grpc.unary_unary_rpc_method_handler(deny, **kw)
+
+
+def make_server(host: str, port: int, token: str | None = None, tls: TlsFiles | None = None,
+                max_workers: int = 32, max_message_bytes: int = MAX_MESSAGE_BYTES) -> tuple[grpc.Server, int]:
+    """A started-later server bound to host:port (port 0 picks a free one); returns it with the bound port.
+
+    Raises OSError naming the address when the port is taken.
+    """
+    interceptors = [TokenInterceptor(token)] if token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors,
+                         options=channel_options(max_message_bytes) + [("grpc.so_reuseport", 0)])
+    address = f"{host}:{port}"
+    try:
+        if tls is not None and tls.cert is not None:
+            creds = grpc.ssl_server_credentials([(tls.read("key"), tls.read("cert"))],
+                                                root_certificates=tls.read("ca"),
+                                                require_client_auth=False)
+            bound = server.add_secure_port(address, creds)
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from exc
+    if bound == 0:
+        raise OSError(f"cannot listen on {address}: the port is in use or the address is not local")
+    return server, bound
+
+
+def split_message(method: str, payload: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[common_pb2.Chunk]:
+    """Cut a serialized message into chunks that each carry its total size and CRC."""
+    crc = zlib.crc32(payload)
+    total = max(1, -(-len(payload) // chunk_bytes))
+    view = memoryview(payload)
+    for i in range(total):
+        yield common_pb2.Chunk(method=method, index=i, total=total, size=len(payload), crc32=crc,
+                               data=bytes(view[i * chunk_bytes:(i + 1) * chunk_bytes]))
+
+
+def join_chunks(chunks: Iterable[common_pb2.Chunk]) -> tuple[str, bytes]:
+    """Reassemble a message; a missing, repeated or out-of-order chunk is InvalidArgument, a bad CRC DataLoss."""
+    parts: list[bytes] = []
+    first: common_pb2.Chunk | None = None
+    for chunk in chunks:
+        if first is None:
+            first = chunk
+            if chunk.total < 1 or chunk.size < 0:
+                raise InvalidArgument(f"chunk header is malformed: total={chunk.total}, size={chunk.size}")
+        if chunk.index != len(parts) or chunk.total != first.total or chunk.method != first.method:
+            raise InvalidArgument(
+                f"chunk stream out of order: expected chunk {len(parts)} of {first.total} for {first.method!r}, "
+                f"got chunk {chunk.index} of {chunk.total} for {chunk.method!r}")
+        parts.append(chunk.data)
+        if len(parts) == first.total:
+            break
+    if first is None:
+        raise InvalidArgument("chunk stream is empty: expected at least one chunk")
+    payload = b"".join(parts)
+    if len(parts) < first.total or len(payload) != first.size:
+        raise InvalidArgument(f"chunk stream truncated: got {len(parts)} of {first.total} chunks, "
+                              f"{len(payload)} of {first.size} bytes for {first.method!r}")
+    if zlib.crc32(payload) != first.crc32:
+        raise DataLoss(f"chunked {first.method!r} message is corrupt: CRC-32 mismatch over {first.size} bytes")
+    return first.method, payload
+
+
+Handler = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def serve_chunked(request_iterator: Iterable[common_pb2.Chunk], context: grpc.ServicerContext,
+                  routes: dict[str, tuple[type, Handler]], chunk_bytes: int = CHUNK_BYTES
+                  ) -> Iterator[common_pb2.Chunk]:
+    """Server side of ``Chunked``: rebuild the request, run the unary handler it names, chunk the reply."""
+    try:
+        method, payload = join_chunks(request_iterator)
+        if method not in routes:
+            raise InvalidArgument(f"chunked call names unknown method {method!r}; known: {sorted(routes)}")
+        request_cls, handler = routes[method]
+        request = request_cls()
+        try:
+            request.ParseFromString(payload)
+        except Exception as exc:  # protobuf's DecodeError has no stable import path
+            raise InvalidArgument(f"chunked {method!r} request does not parse: {exc}") from exc
+    except SeraphimError as exc:
+        context.abort(exc.code, str(exc))
+    reply = handler(request, context)
+    yield from split_message(method, reply.SerializeToString(), chunk_bytes)

@@ -1,0 +1,170 @@
+"""The PS shard's state and operations, independent of gRPC: tables over one ShardStore, clocks, stats.
+
+Table specs are stored with the tables, so a restarted PS reopens its LMDB, rebuilds every table and its
+clocks, and reports the clock it restored.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from seraphim.proto import ps_pb2
+from seraphim.proto.errors import AlreadyExists, InvalidArgument, NotFound
+from seraphim.ps.clocks import ClockTable
+from seraphim.ps.config import PSConfig
+from seraphim.ps.psf import run_psf
+from seraphim.ps.table import PSTable, check_spec
+from seraphim.storage.shard_store import ShardStore
+
+
+@dataclass
+class _Counter:
+    rows: int = 0
+    first: float = 0.0
+    last: float = 0.0
+
+    def add(self, n: int) -> None:
+        now = time.monotonic()
+        if not self.rows:
+            self.first = now
+        self.rows += n
+        self.last = now
+
+    @property
+    def rate(self) -> float:
+        span = self.last - self.first
+        return self.rows / span if span > 0 else 0.0
+
+
+class ParameterServer:
+    """One PS shard: create, pull, push, call, clock, snapshot, stats."""
+
+    def __init__(self, config: PSConfig) -> None:
+        config.validate()
+        self.config = config
+        self.started = time.monotonic()
+        self._lock = threading.RLock()
+        self.store = ShardStore(config.shard_dir, ram_bytes=config.ram_bytes, page_bytes=config.page_bytes,
+                                durability=config.durability)
+        self.tables: dict[str, PSTable] = {}
+        for name, meta in self.store.tables().items():
+            table = PSTable(ps_pb2.TableSpec.FromString(meta), config.shard, self.store)
+            self.store.open_table(name, table.init_rows)
+            self.tables[name] = table
+        self.restored_clock = self.store.restored_clock
+        self.clocks = ClockTable(config.num_workers, config.staleness, start=self.restored_clock or 0,
+                                 on_advance=self._on_clock_advance)
+        self._pulls: dict[str, _Counter] = {}
+        self._pushes: dict[str, _Counter] = {}
+
+    def table(self, name: str) -> PSTable:
+        table = self.tables.get(name)
+        if table is None:
+            raise NotFound(f"table {name!r} does not exist on ps {self.config.shard}; "
+                           f"tables here: {sorted(self.tables) or 'none'}")
+        return table
+
+    def create_table(self, request: ps_pb2.CreateTableRequest) -> ps_pb2.TableInfo:
+        """Create the table, or attach to it when it exists with the same spec (every worker may ask)."""
+        spec = request.spec
+        check_spec(spec)
+        if spec.num_shards != self.config.num_shards or request.shard != self.config.shard:
+            raise InvalidArgument(
+                f"table {spec.name!r} was routed as shard {request.shard} of {spec.num_shards}, but this PS is "
+                f"shard {self.config.shard} of {self.config.num_shards}")
+        with self._lock:
+            existing = self.tables.get(spec.name)
+            if existing is not None:
+                if existing.spec != spec:
+                    raise AlreadyExists(
+                        f"table {spec.name!r} exists with a different spec ({_describe(existing.spec)}); asked for "
+                        f"{_describe(spec)}; drop it first or use another name")
+                return existing.info(created=False)
+            table = PSTable(spec, self.config.shard, self.store)
+            try:
+                self.store.create_table(spec.name, table.row_bytes, table.dense_rows, spec.SerializeToString(),
+                                        table.init_rows)
+            except ValueError as exc:
+                raise InvalidArgument(f"table {spec.name!r}: {exc}") from exc
+            self.tables[spec.name] = table
+            self.store.snapshot(self.clocks.min_clock)
+            return table.info(created=True)
+
+    def drop_table(self, name: str) -> bool:
+        with self._lock:
+            self.table(name)
+            self.store.drop_table(name)
+            del self.tables[name]
+            self.store.snapshot(self.clocks.min_clock)
+            return True
+
+    def pull(self, name: str, keys: np.ndarray, create: bool = True) -> np.ndarray:
+        values = self.table(name).pull(keys, create)
+        self._pulls.setdefault(name, _Counter()).add(len(keys))
+        return values
+
+    def push(self, name: str, keys: np.ndarray, values: np.ndarray, mode: int) -> int:
+        self.table(name).push(keys, values, mode)
+        self._pushes.setdefault(name, _Counter()).add(len(keys))
+        return len(keys)
+
+    def call(self, name: str, psf: str, args: dict[str, str], tensors: list[np.ndarray]):
+        table = self.table(name)
+        try:
+            return run_psf(psf, table.view(self.table), args, tensors)
+        except KeyError as exc:
+            raise NotFound(str(exc.args[0]) if exc.args else str(exc)) from exc
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from exc
+
+    def clock(self, worker: int, clock: int, timeout_s: float) -> int:
+        return self.clocks.tick(worker, clock, timeout_s or self.config.clock_timeout_s)
+
+    def _on_clock_advance(self, min_clock: int) -> None:
+        """Called under the clock lock when every worker has passed min_clock: a clock boundary."""
+        if self.config.durability == "strict":
+            self.store.record_clock(min_clock)
+        elif self.config.snapshot_every and min_clock % self.config.snapshot_every == 0:
+            self.store.snapshot(min_clock)
+
+    def snapshot(self) -> int:
+        clock = self.clocks.min_clock
+        self.store.snapshot(clock)
+        return clock
+
+    def stats(self) -> ps_pb2.StatsReply:
+        store_stats = self.store.stats()
+        store = store_stats.get("_store", {})
+        reply = ps_pb2.StatsReply(ram_budget=int(store.get("ram_budget", 0)), ram_used=int(store.get("ram_used", 0)),
+                                  lmdb_bytes=int(store.get("lmdb_bytes", 0)), evictions=int(store.get("evictions", 0)),
+                                  uptime_s=time.monotonic() - self.started)
+        for name, table in sorted(self.tables.items()):
+            s = store_stats.get(name, {})
+            pulls, pushes = self._pulls.get(name, _Counter()), self._pushes.get(name, _Counter())
+            reply.tables.add(name=name, kind="dense" if table.dense else "sparse", rows=int(s.get("rows", 0)),
+                             bytes_ram=int(s.get("bytes_ram", 0)), bytes_disk=int(s.get("bytes_disk", 0)),
+                             hits=int(s.get("hits", 0)), misses=int(s.get("misses", 0)),
+                             hit_rate=float(s.get("hit_rate", 0.0)), pull_rows=pulls.rows, push_rows=pushes.rows,
+                             pull_rows_per_s=pulls.rate, push_rows_per_s=pushes.rate)
+        return reply
+
+    def health(self) -> ps_pb2.HealthReply:
+        return ps_pb2.HealthReply(
+            status="SERVING", shard=self.config.shard, num_shards=self.config.num_shards,
+            restored_clock=-1 if self.restored_clock is None else self.restored_clock,
+            min_clock=self.clocks.min_clock, num_workers=self.config.num_workers, staleness=self.config.staleness,
+            pid=os.getpid(), uptime_s=time.monotonic() - self.started, tables=sorted(self.tables))
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _describe(spec: ps_pb2.TableSpec) -> str:
+    kind = "dense" if spec.kind == ps_pb2.DENSE else "sparse"
+    shape = f"{spec.rows}x{spec.dim}" if kind == "dense" else f"dim {spec.dim}"
+    return f"{kind} {shape} {spec.dtype}, optimizer {spec.optimizer.name or 'none'}"

@@ -1,0 +1,116 @@
+"""The gRPC face of a ParameterServer: decode, validate, dispatch, and map errors to precise status codes.
+
+A bad request gets INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...; an unexpected failure INTERNAL with
+its message. The server keeps serving either way.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+from typing import Any, Callable
+
+import grpc
+
+from seraphim.proto import ps_pb2, ps_pb2_grpc
+from seraphim.proto.codec import decode_array, decode_keys, encode_array
+from seraphim.proto.errors import InvalidArgument, SeraphimError
+from seraphim.proto.rpc import CHUNK_BYTES, serve_chunked
+from seraphim.ps.server import ParameterServer
+
+log = logging.getLogger("seraphim.ps")
+
+
+def _answer(name: str, handler: Callable[[Any], Any], request: Any, context: grpc.ServicerContext) -> Any:
+    """Run a handler; our errors become their status codes, anything else INTERNAL, logged with its traceback."""
+    try:
+        return handler(request)
+    except SeraphimError as exc:
+        context.abort(exc.code, str(exc))
+    except Exception as exc:  # a bug must not kill the server; the caller gets the message
+        log.error("%s failed: %s", name, traceback.format_exc())
+        context.abort(grpc.StatusCode.INTERNAL, f"{name} failed on the PS: {type(exc).__name__}: {exc}")
+
+
+def _unary(method: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    """A unary RPC: answer, and send a reply over the message limit back through Chunked."""
+
+    @functools.wraps(method)
+    def rpc(self: "PSService", request: Any, context: grpc.ServicerContext) -> Any:
+        reply = _answer(method.__name__, lambda r: method(self, r), request, context)
+        if reply.ByteSize() > self.max_message_bytes:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{method.__name__} reply of {reply.ByteSize()} bytes exceeds the message limit of "
+                          f"{self.max_message_bytes}; repeat the call through Chunked")
+        return reply
+
+    rpc.handler = method
+    return rpc
+
+
+class PSService(ps_pb2_grpc.ParameterServerServicer):
+    """Serves one ParameterServer over gRPC."""
+
+    def __init__(self, server: ParameterServer, max_message_bytes: int) -> None:
+        self.ps = server
+        self.max_message_bytes = max_message_bytes
+        self._routes = {
+            name: (request_cls, functools.partial(_answer, name, functools.partial(getattr(PSService, name).handler,
+                                                                                   self)))
+            for name, request_cls in (("CreateTable", ps_pb2.CreateTableRequest), ("Pull", ps_pb2.PullRequest),
+                                      ("Push", ps_pb2.PushRequest), ("Call", ps_pb2.PsfRequest))
+        }
+
+    @_unary
+    def CreateTable(self, request):
+        return self.ps.create_table(request)
+
+    @_unary
+    def DropTable(self, request):
+        return ps_pb2.DropTableReply(dropped=self.ps.drop_table(request.name))
+
+    @_unary
+    def Pull(self, request):
+        keys = decode_keys(request.keys)
+        values = self.ps.pull(request.table, keys, create=not request.read_only)
+        return ps_pb2.PullReply(values=encode_array(values, self.ps.table(request.table).spec.dtype))
+
+    @_unary
+    def Push(self, request):
+        keys = decode_keys(request.keys)
+        if not request.HasField("values"):
+            raise InvalidArgument(f"push to {request.table!r} carries no values")
+        values = decode_array(request.values)
+        return ps_pb2.PushReply(rows=self.ps.push(request.table, keys, values, request.mode))
+
+    @_unary
+    def Call(self, request):
+        tensors = [decode_array(t) for t in request.tensors]
+        result = self.ps.call(request.table, request.name, dict(request.args), tensors)
+        return ps_pb2.PsfReply(tensors=[encode_array(t) for t in result.tensors], merge=result.merge)
+
+    @_unary
+    def Clock(self, request):
+        min_clock = self.ps.clock(request.worker, request.clock, request.timeout_s)
+        return ps_pb2.ClockReply(min_clock=min_clock, clocks=self.ps.clocks.clocks)
+
+    @_unary
+    def GetClock(self, request):
+        return ps_pb2.ClockReply(min_clock=self.ps.clocks.min_clock, clocks=self.ps.clocks.clocks)
+
+    @_unary
+    def Snapshot(self, request):
+        return ps_pb2.SnapshotReply(clock=self.ps.snapshot())
+
+    @_unary
+    def Stats(self, request):
+        return self.ps.stats()
+
+    @_unary
+    def Health(self, request):
+        return self.ps.health()
+
+    def Chunked(self, request_iterator, context):
+        yield from serve_chunked(request_iterator, context, self._routes,
+                                 chunk_bytes=min(CHUNK_BYTES, self.max_message_bytes // 2))

@@ -1,0 +1,258 @@
+"""One table's partition on one PS: keys to slots, rows to weights and optimizer state, pull and push.
+
+Rows live in the shard's paged store as ``[weights | optimizer state]`` bytes (RowLayout). A push of gradients
+runs the table's optimizer on the touched rows inside one atomic read-modify-write of the store.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+
+from seraphim.proto import ps_pb2
+from seraphim.proto.errors import FailedPrecondition, InvalidArgument
+from seraphim.proto.partition import dense_block, sparse_shard_of
+from seraphim.ps.initializers import initializer_from_spec
+from seraphim.ps.optimizers import Optimizer, optimizer_from_spec
+from seraphim.ps.row_layout import DTYPES, FLOAT_DTYPES, RowLayout, from_bfloat16_bits
+from seraphim.storage.shard_store import ShardStore
+
+
+def check_spec(spec: ps_pb2.TableSpec) -> None:
+    """Reject a table spec that cannot be served, naming the field, its value and what is allowed."""
+    if not spec.name or "/" in spec.name or len(spec.name) > 200:
+        raise InvalidArgument(f"table name {spec.name!r} is invalid: use 1-200 characters without '/'")
+    if spec.dtype not in DTYPES:
+        raise InvalidArgument(f"table {spec.name!r}: dtype {spec.dtype!r} is not one of {list(DTYPES)}")
+    if spec.dim <= 0:
+        raise InvalidArgument(f"table {spec.name!r}: dim must be positive, got {spec.dim}")
+    if spec.kind == ps_pb2.DENSE and spec.rows <= 0:
+        raise InvalidArgument(f"dense table {spec.name!r}: rows must be positive, got {spec.rows}")
+    if spec.kind == ps_pb2.SPARSE and spec.rows != 0:
+        raise InvalidArgument(f"sparse table {spec.name!r}: rows must be 0 (rows appear on first touch), got {spec.rows}")
+    if spec.num_shards < 1:
+        raise InvalidArgument(f"table {spec.name!r}: num_shards must be at least 1, got {spec.num_shards}")
+    if spec.optimizer.name and spec.dtype not in FLOAT_DTYPES:
+        raise InvalidArgument(f"table {spec.name!r}: an optimizer needs a float dtype {list(FLOAT_DTYPES)}, "
+                              f"not {spec.dtype!r}")
+    for g in spec.lr_scales:
+        if g.end <= g.start or g.scale < 0:
+            raise InvalidArgument(f"table {spec.name!r}: lr scale group [{g.start}, {g.end}) x{g.scale} "
+                                  f"needs start < end and scale >= 0")
+
+
+class PSTable:
+    """A table partition held by this PS shard, over the shard's ShardStore."""
+
+    def __init__(self, spec: ps_pb2.TableSpec, shard: int, store: ShardStore) -> None:
+        check_spec(spec)
+        self.spec = spec
+        self.name = spec.name
+        self.shard = shard
+        self.store = store
+        self.dense = spec.kind == ps_pb2.DENSE
+        try:
+            self.optimizer: Optimizer | None = (
+                optimizer_from_spec(spec.optimizer.name, dict(spec.optimizer.params)) if spec.optimizer.name else None)
+            self.initializer = initializer_from_spec(spec.init.name or "zeros", dict(spec.init.params))
+        except ValueError as exc:
+            raise InvalidArgument(f"table {spec.name!r}: {exc}") from exc
+        state_cols = self.optimizer.state_cols(spec.dim) if self.optimizer else 0
+        self.layout = RowLayout(spec.dtype, int(spec.dim), state_cols)
+        self.row_start, self.row_end = (dense_block(spec.rows, spec.num_shards, shard) if self.dense else (0, 0))
+        groups = sorted(spec.lr_scales, key=lambda g: g.start)
+        self._scale_starts = np.array([g.start for g in groups], dtype=np.int64)
+        self._scale_ends = np.array([g.end for g in groups], dtype=np.int64)
+        self._scale_values = np.array([g.scale for g in groups], dtype=np.float32)
+
+    @property
+    def row_bytes(self) -> int:
+        return self.layout.row_bytes
+
+    @property
+    def dense_rows(self) -> int | None:
+        return self.row_end - self.row_start if self.dense else None
+
+    def init_rows(self, slots: np.ndarray) -> np.ndarray:
+        """Initial bytes of new rows: the initializer's weights and zero optimizer state (zero means fresh).
+
+        Seeded by the table seed and the first slot, so a dense page is the same whenever it is first made.
+        """
+        n = len(slots)
+        rng = np.random.default_rng([int(self.spec.seed), self.shard, int(slots[0]) if n else 0])
+        if self.spec.dtype in FLOAT_DTYPES:
+            weights = self.initializer(n, self.layout.dim, rng)
+        elif self.spec.dtype == "int64":
+            weights = np.zeros((n, self.layout.dim), dtype=np.int64)
+        else:
+            weights = np.zeros((n, self.layout.dim), dtype=np.uint8)
+        state = np.zeros((n, self.layout.state_cols), dtype=np.float32) if self.layout.state_cols else None
+        return self.layout.pack(weights, state)
+
+    def slots(self, keys: np.ndarray, create: bool = True) -> np.ndarray:
+        """Store slots of keys that this shard holds; keys of another shard or out of range are InvalidArgument."""
+        if self.dense:
+            bad = (keys < self.row_start) | (keys >= self.row_end)
+            if bad.any():
+                key = int(keys[np.argmax(bad)])
+                where = "outside the table" if not 0 <= key < self.spec.rows else "held by another shard"
+                raise InvalidArgument(
+                    f"key {key} of dense table {self.name!r} ({self.spec.rows} rows) is {where}; this PS (shard "
+                    f"{self.shard}) holds rows [{self.row_start}, {self.row_end})")
+            return keys - self.row_start
+        if self.spec.num_shards > 1:
+            wrong = sparse_shard_of(keys, self.spec.num_shards) != self.shard
+            if wrong.any():
+                raise InvalidArgument(
+                    f"key {int(keys[np.argmax(wrong)])} of sparse table {self.name!r} belongs to shard "
+                    f"{int(sparse_shard_of(keys[wrong][:1], self.spec.num_shards)[0])}, not this PS (shard "
+                    f"{self.shard}); route keys with seraphim.proto.partition.sparse_shard_of")
+        return self.store.resolve(self.name, keys, create=create)
+
+    def keys_of(self, slots: np.ndarray) -> np.ndarray:
+        return slots + self.row_start if self.dense else self.store.keys_of(self.name, slots)
+
+    def pull(self, keys: np.ndarray, create: bool = True) -> np.ndarray:
+        """Weights of keys in the wire dtype, [len(keys), dim]; with create=False unseen sparse keys read as zeros."""
+        slots = self.slots(keys, create)
+        if create or self.dense:
+            return self.layout.weights_raw(self.store.gather(self.name, slots))
+        present = slots >= 0
+        out = np.zeros((len(keys), self.layout.dim), dtype=self.layout.wire_dtype)
+        if present.any():
+            out[present] = self.layout.weights_raw(self.store.gather(self.name, slots[present]))
+        return out
+
+    def push(self, keys: np.ndarray, values: np.ndarray, mode: int) -> None:
+        """Apply gradients (optimizer), assign or add `values` [len(keys), dim] to unique keys."""
+        if values.shape != (len(keys), self.layout.dim):
+            raise InvalidArgument(f"push to {self.name!r}: values have shape {list(values.shape)}, expected "
+                                  f"[{len(keys)}, {self.layout.dim}] (one row of dim {self.layout.dim} per key)")
+        if len(np.unique(keys)) != len(keys):
+            raise InvalidArgument(f"push to {self.name!r}: keys repeat; merge duplicate keys before pushing "
+                                  f"(the PS client does this)")
+        if mode == ps_pb2.GRADIENT:
+            self._apply_gradients(keys, values)
+        elif mode in (ps_pb2.ASSIGN, ps_pb2.ADD):
+            self._set_values(keys, values, add=mode == ps_pb2.ADD)
+        else:
+            raise InvalidArgument(f"push to {self.name!r}: unknown mode {mode}; use GRADIENT, ASSIGN or ADD")
+
+    def _apply_gradients(self, keys: np.ndarray, values: np.ndarray) -> None:
+        if self.optimizer is None:
+            raise FailedPrecondition(
+                f"table {self.name!r} has no optimizer, so it cannot take gradients; push with mode ASSIGN or ADD, "
+                f"or create the table with an optimizer")
+        grads = self._as_float32(values)
+        scale = self.lr_scale(keys)
+        optimizer, layout = self.optimizer, self.layout
+
+        def step(rows: np.ndarray) -> np.ndarray:
+            weights, state = layout.weights_f32(rows), layout.state(rows).copy()
+            optimizer.apply(weights, state, grads, scale)
+            return layout.pack(weights, state)
+
+        self.store.update(self.name, self.slots(keys), step)
+
+    def _set_values(self, keys: np.ndarray, values: np.ndarray, add: bool) -> None:
+        layout = self.layout
+        if self.spec.dtype in FLOAT_DTYPES:
+            new = self._as_float32(values)
+        elif self.spec.dtype == "int64":
+            if values.dtype != np.int64:
+                raise InvalidArgument(f"push to int64 table {self.name!r}: values are {values.dtype}, expected int64")
+            new = values
+        else:
+            if add:
+                raise InvalidArgument(f"push to bytes table {self.name!r}: ADD is undefined for bytes; use ASSIGN")
+            if values.dtype != np.uint8:
+                raise InvalidArgument(f"push to bytes table {self.name!r}: values must travel as dtype 'bytes'")
+            new = values
+
+        def write(rows: np.ndarray) -> np.ndarray:
+            state = layout.state(rows) if layout.state_cols else None
+            if self.spec.dtype in FLOAT_DTYPES:
+                weights = layout.weights_f32(rows) + new if add else new
+            elif self.spec.dtype == "int64":
+                weights = layout.weights_raw(rows) + new if add else new
+            else:
+                weights = new
+            return layout.pack(weights, state)
+
+        self.store.update(self.name, self.slots(keys), write)
+
+    def _as_float32(self, values: np.ndarray) -> np.ndarray:
+        if values.dtype == np.float32:
+            return values
+        if values.dtype == np.float16 or values.dtype == np.float64:
+            return values.astype(np.float32)
+        if values.dtype == np.uint16 and self.spec.dtype == "bfloat16":
+            return from_bfloat16_bits(values)
+        raise InvalidArgument(f"push to {self.name!r} ({self.spec.dtype}): values of dtype {values.dtype} are not "
+                              f"float32, float16 or bfloat16")
+
+    def lr_scale(self, keys: np.ndarray) -> np.ndarray:
+        """Per-key learning-rate multiplier from the table's lr scale groups (1 outside every group)."""
+        scale = np.ones(len(keys), dtype=np.float32)
+        if len(self._scale_starts):
+            idx = np.searchsorted(self._scale_starts, keys, side="right") - 1
+            inside = (idx >= 0) & (keys < self._scale_ends[np.maximum(idx, 0)])
+            scale[inside] = self._scale_values[idx[inside]]
+        return scale
+
+    def info(self, created: bool) -> ps_pb2.TableInfo:
+        return ps_pb2.TableInfo(spec=self.spec, created=created, row_start=self.row_start, row_end=self.row_end,
+                                num_rows=self.store.num_slots(self.name))
+
+    def view(self, lookup: Callable[[str], "PSTable"]) -> "TableView":
+        return TableView(self, lookup)
+
+
+class TableView:
+    """The PartitionView a PSF sees: this partition's keys and float weights, chunk by chunk."""
+
+    def __init__(self, table: PSTable, lookup: Callable[[str], PSTable]) -> None:
+        if table.spec.dtype not in FLOAT_DTYPES:
+            raise InvalidArgument(f"PS functions need a float table; {table.name!r} is {table.spec.dtype}")
+        self._table = table
+        self._lookup = lookup
+        self.name = table.name
+        self.dim = table.layout.dim
+        self.dtype = table.spec.dtype
+        self.kind = "dense" if table.dense else "sparse"
+
+    def scan(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        t = self._table
+        for slots, rows in t.store.scan(t.name):
+            yield t.keys_of(slots), t.layout.weights_f32(rows)
+
+    def read(self, keys: np.ndarray) -> np.ndarray:
+        """Float weights of keys this partition holds; a sparse key never touched reads as zeros (not created)."""
+        t = self._table
+        slots = t.slots(np.asarray(keys, dtype=np.int64), create=False)
+        out = np.zeros((len(slots), self.dim), dtype=np.float32)
+        present = slots >= 0
+        if present.any():
+            out[present] = t.layout.weights_f32(t.store.gather(t.name, slots[present]))
+        return out
+
+    def update_all(self, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+        t, layout = self._table, self._table.layout
+        for slots, _ in t.store.scan(t.name):
+            keys = t.keys_of(slots)
+
+            def apply(rows: np.ndarray, keys: np.ndarray = keys) -> np.ndarray:
+                state = layout.state(rows) if layout.state_cols else None
+                return layout.pack(np.asarray(fn(keys, layout.weights_f32(rows)), dtype=np.float32), state)
+
+            t.store.update(t.name, slots, apply)
+
+    def other(self, table: str) -> "TableView":
+        other = self._lookup(table)
+        mine = self._table.spec
+        if (other.dense != self._table.dense or other.spec.rows != mine.rows
+                or other.spec.num_shards != mine.num_shards or other.layout.dim != self.dim):
+            raise InvalidArgument(f"PS function over {self.name!r} and {table!r} needs both tables partitioned "
+                                  f"alike (same kind, rows, dim and shard count)")
+        return TableView(other, self._lookup)

@@ -1,0 +1,302 @@
+"""The SSD tier: one LMDB environment per shard (LMDB allows one writer per environment).
+
+Named databases:
+  meta    page_bytes, clock, next_tid
+  tables  table id (4 B big-endian) -> JSON header + NUL + opaque table spec
+  pages   table id + page number (4 + 8 B big-endian, so a table's pages sort) -> one page (page_bytes).
+          Values are page-sized on purpose: LMDB stores them in overflow pages, so one get/put moves a whole
+          page; page_bytes = k * 4096 - 16 fills the overflow pages exactly.
+  keys    table id + chunk number -> up to KEY_CHUNK little-endian int64 keys (a sparse table's keys_by_slot)
+  undo    page key -> that page's bytes at the last snapshot, or b"" when the page was created after it
+The LMDB keys of `pages` are the page-existence record: recovery rebuilds it with a key-only cursor pass.
+
+Durability "snapshot": writemap off and no sync per commit, so a crash (even of the OS, on a filesystem that
+keeps write order) loses only unsynced transactions, never integrity; the snapshot transaction is synced.
+Between snapshots every page write first saves the page's snapshot-time bytes into `undo` in the same
+transaction, so recovery rolls back to exactly the last snapshot. Durability "strict": writemap plus a
+synced commit per transaction, no undo log.
+
+All writes go through `commit` under `lock` (one write transaction at a time). A write carries each
+page's write sequence number; a page is skipped when LMDB already holds the same or a newer sequence, so a
+stale copy taken by the background writer can never overwrite newer bytes written by an eviction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import lmdb
+import numpy as np
+
+from seraphim.storage.page_kernels import PAGE_KEY, page_keys, table_prefix
+
+MAP_SIZE = 1 << 40  # address space only: the file grows as pages are written
+KEY_CHUNK = 65536  # keys per LMDB value, so a snapshot rewrites only the chunks that grew
+DURABILITY = ("snapshot", "strict")
+
+
+@dataclass
+class PageWrites:
+    """Pages to store: table id, page number, write sequence and bytes of each (pages unique)."""
+
+    tids: np.ndarray
+    pages: np.ndarray
+    seqs: np.ndarray
+    data: Sequence
+
+
+@dataclass
+class TableRecord:
+    """A table as recovered from disk."""
+
+    tid: int
+    name: str
+    row_bytes: int
+    dense_rows: int | None
+    meta: bytes
+    keys: np.ndarray | None  # keys_by_slot of a sparse table
+    n_pages: int  # one past the highest page stored
+
+
+@dataclass
+class _DiskState:
+    """Per-table bookkeeping of what LMDB holds; guarded by LmdbTier.lock."""
+
+    seq: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    present: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
+    undo_saved: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
+    n_present: int = 0
+    n_keys: int = 0
+
+    def ensure(self, n_pages: int) -> None:
+        if n_pages > self.seq.shape[0]:
+            size = max(n_pages, 2 * self.seq.shape[0])
+            self.seq = np.concatenate([self.seq, np.zeros(size - self.seq.shape[0], dtype=np.int64)])
+            self.present = np.concatenate([self.present, np.zeros(size - self.present.shape[0], dtype=np.bool_)])
+            self.undo_saved = np.concatenate(
+                [self.undo_saved, np.zeros(size - self.undo_saved.shape[0], dtype=np.bool_)]
+            )
+
+
+def encode_header(tid: int, name: str, row_bytes: int, dense_rows: int | None, meta: bytes) -> bytes:
+    head = json.dumps({"tid": tid, "name": name, "row_bytes": row_bytes, "dense_rows": dense_rows})
+    return head.encode() + b"\0" + bytes(meta)
+
+
+def _decode_header(raw: bytes) -> tuple[dict, bytes]:
+    head, _, meta = raw.partition(b"\0")
+    return json.loads(head), meta
+
+
+def _delete_prefix(txn: lmdb.Transaction, db, prefix: bytes) -> None:
+    cur = txn.cursor(db=db)
+    if cur.set_range(prefix):
+        while cur.key().startswith(prefix) and cur.delete():
+            pass
+
+
+class LmdbTier:
+    """The shard's LMDB environment: recovery at open, page reads, and every write transaction."""
+
+    def __init__(self, path: str | os.PathLike, durability: str, page_bytes: int) -> None:
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {DURABILITY}, got {durability!r}")
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"store path {str(path)!r} is a file; it must be a directory (created if missing)")
+        path.mkdir(parents=True, exist_ok=True)
+        strict = durability == "strict"
+        self.durability = durability
+        self.page_bytes = page_bytes
+        self.lock = threading.RLock()
+        self.dead: set[int] = set()  # dropped table ids: their pending page writes are discarded
+        self.env = lmdb.open(
+            str(path), map_size=MAP_SIZE, max_dbs=8, writemap=True, sync=strict, metasync=strict,
+            readahead=False, max_readers=1024,
+        )
+        self._meta = self.env.open_db(b"meta")
+        self._tables = self.env.open_db(b"tables")
+        self._pages = self.env.open_db(b"pages")
+        self._keys = self.env.open_db(b"keys")
+        self._undo = self.env.open_db(b"undo")
+        self._state: dict[int, _DiskState] = {}
+        self._roll_back()
+        self.clock, self.next_tid, self.recovered = self._load()
+
+    def _roll_back(self) -> None:
+        """Apply the undo log: restore snapshot-time bytes, delete pages created after the snapshot."""
+        with self.env.begin(write=True) as txn:
+            stored = txn.get(b"page_bytes", db=self._meta)
+            if stored is None:
+                txn.put(b"page_bytes", self.page_bytes.to_bytes(8, "big"), db=self._meta)
+            elif int.from_bytes(stored, "big") != self.page_bytes:
+                raise ValueError(
+                    f"store at {self.env.path()!r} was created with page_bytes={int.from_bytes(stored, 'big')}; "
+                    f"reopen it with that page size, not {self.page_bytes}"
+                )
+            for key, old in txn.cursor(db=self._undo):
+                if old:
+                    txn.put(key, old, db=self._pages)
+                else:
+                    txn.delete(key, db=self._pages)
+            txn.drop(self._undo, delete=False)
+        self.env.sync(True)
+
+    def _load(self) -> tuple[int | None, int, list[TableRecord]]:
+        with self.env.begin() as txn:
+            raw_clock = txn.get(b"clock", db=self._meta)
+            raw_next = txn.get(b"next_tid", db=self._meta)
+            headers = [_decode_header(v) for _, v in txn.cursor(db=self._tables)]
+            raw_keys = b"".join(txn.cursor(db=self._pages).iternext(keys=True, values=False))
+            stored = np.frombuffer(raw_keys, dtype=PAGE_KEY)
+            records = []
+            for head, meta in headers:
+                tid = head["tid"]
+                pages = stored["page"][stored["tid"] == tid].astype(np.int64)
+                state = self._state[tid] = _DiskState()
+                n_pages = int(pages.max()) + 1 if pages.size else 0
+                state.ensure(n_pages)
+                state.present[pages] = True
+                state.n_present = int(pages.size)
+                keys = None
+                if head["dense_rows"] is None:
+                    cur = txn.cursor(db=self._keys)
+                    prefix = table_prefix(tid)
+                    chunks = []
+                    if cur.set_range(prefix):
+                        while cur.key().startswith(prefix):
+                            chunks.append(np.frombuffer(cur.value(), dtype="<i8"))
+                            if not cur.next():
+                                break
+                    keys = np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, dtype=np.int64)
+                    state.n_keys = int(keys.shape[0])
+                records.append(
+                    TableRecord(tid, head["name"], head["row_bytes"], head["dense_rows"], meta, keys, n_pages)
+                )
+        clock = int.from_bytes(raw_clock, "big", signed=True) if raw_clock is not None else None
+        next_tid = max([int.from_bytes(raw_next, "big") if raw_next else 0] + [r.tid + 1 for r in records])
+        return clock, next_tid, records
+
+    def read_into(self, tid: int, pages: np.ndarray, arena: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        """Copy stored pages into arena frames in one read transaction; returns the mask of pages never stored."""
+        absent = np.zeros(pages.shape[0], dtype=np.bool_)
+        flat = memoryview(arena.reshape(-1))  # slice assignment from the LMDB buffer is one memcpy
+        size = arena.shape[1]
+        with self.env.begin(db=self._pages, buffers=True) as txn:
+            for i, (key, frame) in enumerate(zip(page_keys(tid, pages), frames.tolist())):
+                value = txn.get(key)
+                if value is None:
+                    absent[i] = True
+                else:
+                    flat[frame * size : (frame + 1) * size] = value
+        return absent
+
+    def n_keys(self, tid: int) -> int:
+        """Keys of a sparse table stored so far (read without the lock: it only grows)."""
+        state = self._state.get(tid)
+        return state.n_keys if state else 0
+
+    def pages_stored(self, tid: int) -> int:
+        state = self._state.get(tid)
+        return state.n_present if state else 0
+
+    def used_bytes(self) -> int:
+        """Bytes of the LMDB file in use (with writemap the file itself is sparse and as large as the map)."""
+        return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+
+    def commit(
+        self,
+        *,
+        pages: PageWrites | None = None,
+        keys: dict[int, tuple[int, np.ndarray]] | None = None,
+        headers: dict[int, bytes] | None = None,
+        drops: Sequence[int] = (),
+        clock: int | None = None,
+        next_tid: int | None = None,
+        snapshot: bool = False,
+    ) -> None:
+        """One write transaction. `keys` maps a sparse table to (first slot, keys_by_slot from there);
+        `snapshot` makes it the new snapshot: no undo for its pages, the undo log is cleared, and it is synced."""
+        with self.lock:
+            after: list = []
+            with self.env.begin(write=True) as txn:
+                for tid in drops:
+                    for db in (self._pages, self._keys):
+                        _delete_prefix(txn, db, table_prefix(tid))
+                    txn.delete(table_prefix(tid), db=self._tables)
+                    after.append(lambda tid=tid: self._state.pop(tid, None))
+                for tid, header in (headers or {}).items():
+                    txn.put(table_prefix(tid), header, db=self._tables)
+                if pages is not None:
+                    after += self._put_pages(txn, pages, undo=self.durability == "snapshot" and not snapshot)
+                for tid, (start, table_keys) in (keys or {}).items():
+                    after += self._put_keys(txn, tid, start, table_keys)
+                if clock is not None:
+                    txn.put(b"clock", int(clock).to_bytes(8, "big", signed=True), db=self._meta)
+                if next_tid is not None:
+                    txn.put(b"next_tid", int(next_tid).to_bytes(8, "big"), db=self._meta)
+                if snapshot:
+                    txn.drop(self._undo, delete=False)
+            for apply in after:
+                apply()
+            if snapshot:
+                for state in self._state.values():
+                    state.undo_saved[:] = False
+                self.env.sync(True)
+
+    def _put_pages(self, txn: lmdb.Transaction, w: PageWrites, undo: bool) -> list:
+        after = []
+        for tid in np.unique(w.tids).tolist():
+            if tid in self.dead:
+                continue
+            idx = np.flatnonzero(w.tids == tid)
+            state = self._state.setdefault(tid, _DiskState())
+            state.ensure(int(w.pages[idx].max()) + 1)
+            idx = idx[state.seq[w.pages[idx]] < w.seqs[idx]]
+            pages = w.pages[idx]
+            keys = page_keys(tid, pages)
+            if undo and not state.undo_saved[pages].all():
+                first = [keys[j] for j in np.flatnonzero(~state.undo_saved[pages]).tolist()]
+                old = dict(txn.cursor(db=self._pages).getmulti(first))
+                txn.cursor(db=self._undo).putmulti([(key, old.get(key, b"")) for key in first])
+            txn.cursor(db=self._pages).putmulti([(key, w.data[i]) for key, i in zip(keys, idx.tolist())])
+
+            def apply(state=state, pages=pages, seqs=w.seqs[idx], saved=undo):
+                state.seq[pages] = seqs
+                state.n_present += int(np.count_nonzero(~state.present[pages]))
+                state.present[pages] = True
+                if saved:
+                    state.undo_saved[pages] = True
+
+            after.append(apply)
+        return after
+
+    def _put_keys(self, txn: lmdb.Transaction, tid: int, start: int, table_keys: np.ndarray) -> list:
+        if tid in self.dead:
+            return []
+        state = self._state.setdefault(tid, _DiskState())
+        end = start + table_keys.shape[0]
+        if end <= state.n_keys:
+            return []
+        prefix = table_prefix(tid)
+        for chunk in range(state.n_keys // KEY_CHUNK, -(-end // KEY_CHUNK)):
+            lo, hi = chunk * KEY_CHUNK, min((chunk + 1) * KEY_CHUNK, end)
+            part = np.ascontiguousarray(table_keys[lo - start : hi - start], dtype="<i8")
+            txn.put(prefix + chunk.to_bytes(8, "big"), part.tobytes(), db=self._keys)
+
+        def apply(state=state, end=end):
+            state.n_keys = max(state.n_keys, end)
+
+        return [apply]
+
+    def sync(self) -> None:
+        self.env.sync(True)
+
+    def close(self) -> None:
+        with self.lock:
+            self.env.close()

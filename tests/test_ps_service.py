@@ -1,0 +1,209 @@
+"""The PS over real gRPC against real PS processes: tables, optimizers, PSFs, clocks, recovery, bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from seraphim.proto import common_pb2, ps_pb2, ps_pb2_grpc
+from seraphim.proto.codec import encode_array, encode_keys
+from seraphim.proto.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from seraphim.proto.rpc import make_channel, split_message
+from seraphim.worker import SGD, Adam, Constant, Normal, PSClient, Zeros
+
+
+def test_sparse_rows_appear_on_first_touch_and_sgd_runs_on_push(two_ps):
+    with PSClient(two_ps.addresses) as ps:
+        emb = ps.sparse_table("emb", dim=8, init=Normal(0.0, 0.5), optimizer=SGD(lr=0.1), seed=7)
+        keys = np.array([3, 10**12, -5, 3, 77], dtype=np.int64)
+        first = emb.pull(keys)
+        assert first.shape == (5, 8) and np.abs(first).sum() > 0
+        np.testing.assert_array_equal(first[0], first[3])  # repeats get the same row
+        np.testing.assert_array_equal(emb.pull(keys), first)  # made once, then stored
+        grads = np.ones((5, 8), np.float32)
+        emb.push(keys, grads)  # key 3 appears twice: its gradients are summed before the push
+        after = emb.pull(keys)
+        np.testing.assert_allclose(after[0], first[0] - 0.1 * 2, rtol=1e-6)
+        np.testing.assert_allclose(after[1], first[1] - 0.1, rtol=1e-6)
+        np.testing.assert_array_equal(emb.pull([3, 424242], create=False), np.stack([after[0], np.zeros(8)]))
+        total = sum(t.rows for s in ps.stats() for t in s.tables if t.name == "emb")
+        assert total == 4  # the read-only pull created no row
+
+
+def test_dense_table_adam_matches_torch_and_lr_scales_apply(two_ps):
+    rows, cols = 37, 5
+    init = np.random.default_rng(0).normal(size=(rows, cols)).astype(np.float32)
+    with PSClient(two_ps.addresses) as ps:
+        w = ps.dense_table("w", (rows, cols), init=Zeros(), optimizer=Adam(lr=0.01), lr_scales=[(30, 37, 0.0)])
+        w.push_all(init, mode="assign")
+        ref = torch.nn.Parameter(torch.from_numpy(init.copy()))
+        opt = torch.optim.Adam([ref], lr=0.01)
+        rng = np.random.default_rng(1)
+        for _ in range(4):
+            g = rng.normal(size=(rows, cols)).astype(np.float32)
+            w.push_all(g)
+            ref.grad = torch.from_numpy(g)
+            opt.step()
+        got = w.pull_all()
+        np.testing.assert_allclose(got[:30], ref.detach().numpy()[:30], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got[30:], init[30:])  # scale 0: frozen rows
+
+
+def test_psf_norm_sum_and_topk_merge_over_shards(two_ps):
+    data = np.random.default_rng(2).normal(size=(101, 4)).astype(np.float32)
+    with PSClient(two_ps.addresses) as ps:
+        t = ps.dense_table("psf", (101, 4), init=Zeros())
+        t.push_all(data, mode="assign")
+        total, per_column = t.call("norm")
+        assert float(total) == pytest.approx(np.linalg.norm(data), rel=1e-5)
+        np.testing.assert_allclose(per_column, np.linalg.norm(data, axis=0), rtol=1e-5)
+        total, per_column = t.call("sum")
+        np.testing.assert_allclose(per_column, data.sum(axis=0, dtype=np.float64), rtol=1e-5)
+        keys, scores = t.call("topk", k=3, by="norm")
+        expected = np.argsort(-np.linalg.norm(data, axis=1))[:3]
+        np.testing.assert_array_equal(keys, expected)
+        t.call("fill", value=2.0)
+        np.testing.assert_array_equal(t.pull_all(), np.full((101, 4), 2.0, np.float32))
+        with pytest.raises(NotFound, match="unknown PSF 'nope'"):
+            t.call("nope")
+
+
+def test_bsp_clock_waits_for_the_slowest_worker(cluster_factory):
+    cluster = cluster_factory(num_ps=2, num_workers=2, staleness=0, ram_mb=4, page_kb=64)
+    fast = PSClient(cluster.addresses, worker_id=0, num_workers=2)
+    slow = PSClient(cluster.addresses, worker_id=1, num_workers=2)
+    try:
+        done = threading.Event()
+        threading.Thread(target=lambda: (fast.clock(), done.set()), daemon=True).start()
+        assert not done.wait(0.5)  # worker 0 finished clock 1; worker 1 has not: BSP blocks
+        slow.clock()
+        assert done.wait(10)
+    finally:
+        fast.close()
+        slow.close()
+
+
+def test_ssp_lets_a_worker_run_ahead_by_the_staleness(cluster_factory):
+    cluster = cluster_factory(num_ps=1, num_workers=2, staleness=2, ram_mb=4, page_kb=64)
+    with PSClient(cluster.addresses, worker_id=0, num_workers=2) as fast:
+        fast.clock()
+        fast.clock()  # two ahead of worker 1: allowed with staleness 2
+        done = threading.Event()
+        threading.Thread(target=lambda: (fast.clock(), done.set()), daemon=True).start()
+        assert not done.wait(0.5)  # a third would be too far ahead
+        with PSClient(cluster.addresses, worker_id=1, num_workers=2) as slow:
+            slow.clock()
+            assert done.wait(10)
+
+
+def test_kill_9_recovers_the_last_snapshot(cluster_factory):
+    cluster = cluster_factory(num_ps=2, num_workers=1, snapshot_every=1, ram_mb=4, page_kb=64)
+    keys = np.arange(0, 5000, 7, dtype=np.int64)
+    with PSClient(cluster.addresses, retry_s=60) as ps:
+        emb = ps.sparse_table("rec", dim=16, init=Constant(1.0), optimizer=SGD(lr=1.0))
+        emb.push(keys, np.full((len(keys), 16), 0.5, np.float32))
+        ps.clock()  # clock boundary 1: a snapshot on every shard
+        at_snapshot = emb.pull(keys)
+        emb.push(keys, np.full((len(keys), 16), 0.25, np.float32))  # after the snapshot: lost by the crash
+        emb.pull(np.arange(10**6, 10**6 + 3000, dtype=np.int64))  # new keys after the snapshot
+        for shard in range(2):
+            cluster.kill_ps(shard)
+            cluster.start_ps(shard)
+        assert [h.restored_clock for h in ps.health()] == [1, 1]
+        np.testing.assert_array_equal(emb.pull(keys), at_snapshot)
+        assert ps.resume() == 1
+
+
+def test_bad_input_gets_precise_status_and_the_server_keeps_serving(two_ps):
+    with PSClient(two_ps.addresses) as ps:
+        t = ps.dense_table("d", (10, 3), init=Constant(5.0))
+        before = t.pull_all()
+        channel = make_channel(two_ps.addresses[0])
+        stub = ps_pb2_grpc.ParameterServerStub(channel)
+
+        def status(call, request):
+            with pytest.raises(grpc.RpcError) as info:
+                call(request, timeout=10)
+            return info.value.code(), info.value.details()
+
+        code, msg = status(stub.Pull, ps_pb2.PullRequest(table="missing", keys=encode_keys(np.array([1]))))
+        assert code == grpc.StatusCode.NOT_FOUND and "table 'missing' does not exist" in msg
+        code, msg = status(stub.Pull, ps_pb2.PullRequest(table="d", keys=encode_keys(np.array([7]))))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "holds rows [0, 5)" in msg
+        code, msg = status(stub.Pull, ps_pb2.PullRequest(table="d", keys=encode_keys(np.array([99]))))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "outside the table" in msg
+        code, msg = status(stub.Pull, ps_pb2.PullRequest(table="d", keys=b"abc"))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "multiple of 8" in msg
+        wrong_shape = ps_pb2.PushRequest(table="d", keys=encode_keys(np.array([1])), mode=ps_pb2.ASSIGN,
+                                         values=encode_array(np.ones((1, 4), np.float32)))
+        code, msg = status(stub.Push, wrong_shape)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "expected [1, 3]" in msg
+        wrong_dtype = ps_pb2.PushRequest(table="d", keys=encode_keys(np.array([1])), mode=ps_pb2.ASSIGN,
+                                         values=encode_array(np.ones((1, 3), np.int64)))
+        code, msg = status(stub.Push, wrong_dtype)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "int64" in msg
+        no_opt = ps_pb2.PushRequest(table="d", keys=encode_keys(np.array([1])), mode=ps_pb2.GRADIENT,
+                                    values=encode_array(np.ones((1, 3), np.float32)))
+        code, msg = status(stub.Push, no_opt)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "has no optimizer" in msg
+        chunks = list(split_message("Push", wrong_shape.SerializeToString(), chunk_bytes=10))
+        code, msg = status(lambda r, timeout: list(stub.Chunked(iter(r), timeout=timeout)), chunks[:-1])
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "truncated" in msg
+        corrupt = [common_pb2.Chunk(method=c.method, index=c.index, total=c.total, size=c.size, crc32=c.crc32 ^ 1,
+                                    data=c.data) for c in chunks]
+        code, msg = status(lambda r, timeout: list(stub.Chunked(iter(r), timeout=timeout)), corrupt)
+        assert code == grpc.StatusCode.DATA_LOSS and "CRC-32" in msg
+        channel.close()
+
+        with pytest.raises(FailedPrecondition, match="has no optimizer"):
+            t.push([1], np.ones((1, 3), np.float32))
+        with pytest.raises(InvalidArgument, match="outside dense table 'd' with 10 rows"):
+            t.pull([10])
+        with pytest.raises(AlreadyExists, match="exists with a different spec"):
+            ps.dense_table("d", (11, 3))
+        np.testing.assert_array_equal(t.pull_all(), before)  # nothing stored was lost
+        assert all(h.status == "SERVING" for h in ps.health())
+
+
+def test_messages_over_the_limit_are_chunked(cluster_factory):
+    cluster = cluster_factory(num_ps=1, ram_mb=16, page_kb=1024, extra_args=("--max-message-mb", "1"))
+    big = np.random.default_rng(3).normal(size=(4, 200_000)).astype(np.float32)  # 3.2 MB, one 800 KB row each
+    with PSClient(cluster.addresses, max_message_bytes=2**20) as ps:
+        t = ps.dense_table("big", (4, 200_000))
+        t.push_all(big, mode="assign")
+        np.testing.assert_array_equal(t.pull_all(), big)
+
+
+def test_token_is_required(cluster_factory):
+    cluster = cluster_factory(num_ps=1, token="s3cret", ram_mb=4, page_kb=64)
+    with PSClient(cluster.addresses, retry_s=1) as anonymous:
+        with pytest.raises(Unauthenticated, match="missing or wrong cluster token"):
+            anonymous.health()
+    with PSClient(cluster.addresses, token="wrong", retry_s=1) as wrong:
+        with pytest.raises(Unauthenticated):
+            wrong.health()
+    with PSClient(cluster.addresses, token="s3cret") as ok:
+        assert ok.health()[0].status == "SERVING"
+
+
+def test_a_table_larger_than_the_ram_budget_spills_and_stays_correct(cluster_factory):
+    cluster = cluster_factory(num_ps=2, ram_mb=1, page_kb=64)  # 1 MiB per PS; the table is 12 MB
+    rng = np.random.default_rng(4)
+    with PSClient(cluster.addresses) as ps:
+        t = ps.sparse_table("huge", dim=64, init=Zeros(), optimizer=SGD(lr=1.0))
+        keys = np.arange(48_000, dtype=np.int64) * 1_000_003
+        expected = np.zeros((len(keys), 64), np.float32)
+        for _ in range(3):
+            idx = rng.choice(len(keys), 8000, replace=False)
+            g = rng.normal(size=(8000, 64)).astype(np.float32)
+            t.push(keys[idx], g)
+            expected[idx] -= g
+        np.testing.assert_allclose(t.pull(keys), expected, rtol=1e-5, atol=1e-6)
+        stats = ps.stats()
+        assert all(s.ram_used <= s.ram_budget for s in stats)
+        assert sum(tab.bytes_disk for s in stats for tab in s.tables) > 4 * sum(s.ram_budget for s in stats)

@@ -1,0 +1,115 @@
+"""torch integration: an embedding whose rows live in a PS sparse table, and dense parameters kept on the PS.
+
+PSEmbedding pulls in forward and pushes its gradient from backward (asynchronously; ``client.clock()`` waits for
+it). PSParameters packs a module's parameters into one dense table, range-partitioned over the shards, so a
+step is one pull and one push whatever the number of tensors.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from seraphim.proto.errors import DeadlineExceeded, InvalidArgument
+from seraphim.worker.client import DenseTable, PSClient, Table
+from seraphim.worker.specs import Optimizer, Zeros
+
+
+class _PullPush(torch.autograd.Function):
+    """Forward: rows of keys from the PS. Backward: their gradient to the PS; nothing flows to the keys."""
+
+    @staticmethod
+    def forward(ctx, anchor: torch.Tensor, keys: torch.Tensor, table: Table) -> torch.Tensor:
+        ctx.table = table
+        ctx.keys = keys.detach().cpu().numpy()
+        return torch.from_numpy(table.pull(ctx.keys))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.table.push_async(ctx.keys, grad.detach().cpu().numpy().astype(np.float32, copy=False))
+        return None, None, None
+
+
+class PSEmbedding(torch.nn.Module):
+    """An embedding lookup over a PS table: forward(keys [...]) -> [..., dim]; backward pushes the gradients."""
+
+    def __init__(self, table: Table) -> None:
+        super().__init__()
+        self.table = table
+        self.dim = table.dim
+        # autograd records a Function only when an input requires grad: this empty tensor is that input.
+        self._anchor = torch.empty(0, requires_grad=True)
+
+    def forward(self, keys: torch.Tensor) -> torch.Tensor:
+        if keys.dtype not in (torch.int64, torch.int32):
+            raise InvalidArgument(f"PSEmbedding({self.table.name!r}) takes integer keys, got {keys.dtype}")
+        if not torch.is_grad_enabled():  # evaluation: read, never create rows for unseen keys
+            return torch.from_numpy(self.table.pull(keys.detach().cpu().numpy(), create=False))
+        return _PullPush.apply(self._anchor, keys, self.table)
+
+    def extra_repr(self) -> str:
+        return f"table={self.table.name!r}, dim={self.dim}"
+
+
+class PSParameters:
+    """A module's dense parameters kept in one PS table: pull() before forward, push() after backward.
+
+    Worker 0 creates the table from its module's current values; the other workers wait until a marker table
+    says the values are in place, so every worker starts from the same weights.
+    """
+
+    def __init__(self, client: PSClient, name: str, named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+                 optimizer: Optimizer, cols: int = 1024, ready_timeout_s: float = 120.0) -> None:
+        self.client = client
+        self.name = name
+        self.params = [(n, p) for n, p in named_parameters if p.requires_grad]
+        if not self.params:
+            raise InvalidArgument(f"PSParameters({name!r}) got no trainable parameters")
+        self.numel = sum(p.numel() for _, p in self.params)
+        self.cols = min(cols, self.numel)
+        self.rows = -(-self.numel // self.cols)
+        marker = f"{name}.ready"
+        if client.worker_id == 0:
+            self.table: DenseTable = client.dense_table(name, (self.rows, self.cols), init=Zeros(), optimizer=optimizer)
+            self.table.push_all(self._padded(self._flat(p.detach() for _, p in self.params)), mode="assign")
+            client.sparse_table(marker, dim=1)
+        else:
+            self._wait_for(marker, ready_timeout_s)
+            self.table = client.dense_table(name, (self.rows, self.cols), init=Zeros(), optimizer=optimizer)
+
+    def _wait_for(self, marker: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not all(marker in h.tables for h in self.client.health()):
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded(f"worker {self.client.worker_id} waited {timeout_s:.0f}s for worker 0 to put "
+                                       f"the initial values of {self.name!r} on the PS")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _flat(tensors: Iterable[torch.Tensor]) -> np.ndarray:
+        return torch.cat([t.reshape(-1).to(torch.float32) for t in tensors]).numpy()
+
+    def _padded(self, flat: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.rows * self.cols, dtype=np.float32)
+        out[: len(flat)] = flat
+        return out.reshape(self.rows, self.cols)
+
+    @torch.no_grad()
+    def pull(self) -> None:
+        """Copy the PS values into the module's parameters."""
+        flat = torch.from_numpy(self.table.pull_all().reshape(-1)[: self.numel])
+        offset = 0
+        for _, p in self.params:
+            n = p.numel()
+            p.copy_(flat[offset:offset + n].view_as(p))
+            offset += n
+
+    def push(self, wait: bool = False) -> None:
+        """Send every parameter's .grad (zeros where None) as one gradient push; clock() waits for it."""
+        grads = self._flat(p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self.params)
+        future = self.table.push_async(np.arange(self.rows, dtype=np.int64), self._padded(grads))
+        if wait:
+            future.result()
