@@ -248,7 +248,7 @@ class TorchRpcClient:
 
 def _init_torch_rpc(name: str, rank: int, port: int) -> None:
     warnings.filterwarnings("ignore", message="You are using a Backend", category=UserWarning)
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("BENCH_TORCH_THREADS", "1")))
     rpc.init_rpc(name, rank=rank, world_size=NUM_SHARDS + 1, rpc_backend_options=rpc.TensorPipeRpcBackendOptions(
         init_method=f"tcp://127.0.0.1:{port}", rpc_timeout=120))
 

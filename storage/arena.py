@@ -44,10 +44,20 @@ class PageArena:
         self.last_seq += 1
         return self.last_seq
 
-    def victims(self, k: int) -> np.ndarray:
-        """The k least recently used frames (free ones first). Frames stamped with the current tick are
-        pinned by the running op; the caller guarantees at least k frames are older."""
+    def lru(self, k: int) -> np.ndarray:
+        """The k least recently used frames (free ones first), in no particular order."""
         return np.argpartition(self.tick, k - 1)[:k]
+
+    def victims(self, k: int, n_pinned: int) -> np.ndarray:
+        """k frames to reuse: clean ones first among the 2k least recently used, then the oldest dirty ones.
+
+        Preferring a slightly younger clean frame over a dirty one spares the op a synchronous write (and a
+        wait for the background writer's transaction). Frames stamped with the current tick are pinned by the
+        running op (n_pinned of them); the window never reaches them since it stops at the unpinned count.
+        """
+        window = self.lru(min(2 * k, self.n_frames - n_pinned))
+        order = np.lexsort((self.tick[window], self.dirty[window]))
+        return window[order[:k]]
 
     def assign(self, frames: np.ndarray, tid: int, pages: np.ndarray, tick: int) -> None:
         self.owner_tid[frames] = tid

@@ -31,7 +31,7 @@ from seraphim.storage.page_kernels import locate, pin_pages, row_view, slots_of_
 
 InitRows = Callable[[np.ndarray], np.ndarray]  # slots int64 [n] -> rows uint8 [n, row_bytes] (initial contents)
 
-WRITE_BATCH_BYTES = 8 << 20  # pages copied per lock hold by the writer: bounds how long readers wait
+WRITE_BATCH_BYTES = 4 << 20  # pages copied per lock hold by the writer: bounds how long readers wait
 STORE_STATS = "_store"
 
 
@@ -424,13 +424,13 @@ class ShardStore:
         table.hits += n_hit
         table.misses += missing.shape[0]
         if missing.shape[0]:
-            self._load(table, missing, self._make_room(missing.shape[0]), 0 if cold else tick)
+            self._load(table, missing, self._make_room(missing.shape[0], n_hit), 0 if cold else tick)
         return True
 
-    def _make_room(self, k: int) -> np.ndarray:
-        """Free the k least recently used unpinned frames, writing dirty ones in one transaction."""
+    def _make_room(self, k: int, n_pinned: int) -> np.ndarray:
+        """Free k unpinned frames (LRU, clean first), writing the dirty ones among them in one transaction."""
         arena = self._arena
-        victims = arena.victims(k)
+        victims = arena.victims(k, n_pinned)
         used = victims[arena.owner_tid[victims] >= 0]
         if used.shape[0]:
             dirty = used[arena.dirty[used]]
@@ -510,7 +510,7 @@ class ShardStore:
         with self._lock:
             evicted, self._evictions_seen = arena.evictions - self._evictions_seen, arena.evictions
             zone = min(arena.n_frames, max(1, arena.n_frames // 8, 2 * evicted))
-            tail = arena.victims(zone)
+            tail = arena.lru(zone)
             dirty = tail[arena.dirty[tail]]
             dirty = dirty[np.argsort(arena.tick[dirty], kind="stable")[:per_batch]]
             writes = self._copy_frames(dirty)

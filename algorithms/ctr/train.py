@@ -11,20 +11,16 @@ reference (`reference.py`) binds the same loop to local torch optimizers.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import expit, logit
 
 from seraphim.algorithms.ctr.data import ClickBatch, ClickLogSpec, eval_batch, log_loss, roc_auc, worker_batch
@@ -170,38 +166,3 @@ def train_worker(
         client.clock()
 
     return fit(model, config, StepHooks(params.pull, after_backward), worker_id, num_workers, metrics_cb)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """One worker process: connect, train, write the final metrics as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ps", required=True, help="comma-separated PS addresses, one per shard, in shard order")
-    parser.add_argument("--worker-id", type=int, default=0)
-    parser.add_argument("--num-workers", type=int, default=1)
-    parser.add_argument("--model-name", default="ctr", help="prefix of the PS table names")
-    parser.add_argument("--config", type=Path, help="CTRConfig as a JSON file (default: all defaults)")
-    parser.add_argument("--out", type=Path, help="write the final metrics here as JSON")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (default 1: workers and PS shards share a host's cores, and torch's default "
-        "of one thread per core oversubscribes them; a 2-core host trained 4.8x slower with it)",
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    try:
-        config = CTRConfig.model_validate_json(args.config.read_text()) if args.config else CTRConfig()
-    except (OSError, ValidationError) as err:
-        parser.error(f"--config {args.config}: {err}")
-    with PSClient(args.ps.split(","), worker_id=args.worker_id, num_workers=args.num_workers) as client:
-        result = train_worker(client, args.model_name, config, args.worker_id, args.num_workers)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
