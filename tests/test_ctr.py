@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
@@ -191,17 +192,18 @@ def test_one_worker_lr_on_the_ps_equals_the_reference(cluster_factory):
 def test_two_workers_on_two_ps_train_wide_and_deep_like_the_reference(cluster_factory, tmp_path):
     cluster = cluster_factory(num_ps=2, num_workers=2, ram_mb=32, page_kb=64)
     config = _config("wide_deep", 150)
-    config_path = tmp_path / "config.json"
-    config_path.write_text(config.model_dump_json())
+    job = {"name": "ctr-test", "algorithm": "ctr", "cluster": {"ps": 2, "workers": 2},
+           "train": config.model_dump(mode="json")}
+    job_path = tmp_path / "job.yaml"
+    job_path.write_text(yaml.safe_dump(job))
     workers = [
-        cluster.start_worker(["-m", "seraphim.algorithms.ctr.train", "--ps", ",".join(cluster.addresses),
-                              "--worker-id", str(i), "--num-workers", "2", "--config", str(config_path),
-                              "--out", str(tmp_path / f"w{i}.json")], f"w{i}")
+        cluster.start_worker(["-m", "seraphim.algorithms.worker_main", "--job", str(job_path), "--rank", str(i),
+                              "--ps", ",".join(cluster.addresses), "--run-dir", str(tmp_path)], f"w{i}")
         for i in range(2)
     ]
     for i, proc in enumerate(workers):
         assert proc.wait(timeout=120) == 0, cluster.tail(f"w{i}", 40)
-    results = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2)]
+    results = [json.loads((tmp_path / "results" / f"worker-{i}.json").read_text()) for i in range(2)]
     # BSP: after the last clock both workers evaluate the same parameters on the same held-out rows.
     assert results[0]["auc"] == results[1]["auc"]
     assert results[0]["steps"] == 150 and results[0]["examples_per_s"] > 0
