@@ -35,6 +35,7 @@ class JobContext:
     run_dir: Path
     report: Callable[[int, dict[str, float]], None]
     log: logging.Logger
+    start_step: int = 0  # a restarted worker resumes here: the clock the PS shards hold for its rank
 
 
 class Job(ABC):

@@ -1,87 +1,120 @@
-"""The worker process of a job: ``python -m seraphim.algorithms.worker_main --job J --rank R --ps A,B``.
+"""The worker process of a job: one rank of the job's algorithm against the job's PS shards.
 
-It validates the job spec, connects to the PS shards, runs its rank of the algorithm, and writes its metrics
-(``metrics/worker-R.csv``, long format: step, seconds, name, value) and final result (``results/worker-R.json``)
-under the run directory, which is how a launcher follows its progress without a socket of its own.
+Managed (``seraphim worker start --scheduler S --job J --rank R``): it registers with the scheduler, learns the
+job spec and the PS addresses from it, heartbeats, sends its metrics there, and resumes from the clock the PS
+shards hold for its rank when it is a restart. Direct (``--job FILE --ps A,B --run-dir D``): no scheduler; the
+metrics go to ``D/metrics/worker-R.csv`` and the result to ``D/results/worker-R.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from seraphim.algorithms.registry import JobContext, job_class
+from seraphim.proto.agent import SchedulerAgent
 from seraphim.proto.errors import SeraphimError
-from seraphim.proto.rpc import resolve_token
-from seraphim.scheduler.job_spec import JobSpecError, load_job
+from seraphim.proto.rpc import TlsFiles, resolve_token
+from seraphim.scheduler.job_spec import JobSpecError, load_job, parse_job_text
+from seraphim.scheduler.metrics_file import MetricsWriter
 from seraphim.worker.client import PSClient
 
 
-class MetricsWriter:
-    """Appends one row per metric per step, flushed every step so a follower sees it at once."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        self._file = open(path, "a", newline="")
-        self._csv = csv.writer(self._file)
-        if new:
-            self._csv.writerow(["step", "seconds", "name", "value"])
-        self._start = time.monotonic()
-
-    def __call__(self, step: int, metrics: dict[str, float]) -> None:
-        t = round(time.monotonic() - self._start, 4)
-        self._csv.writerows([step, t, k, float(v)] for k, v in metrics.items())
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="seraphim worker", description="Run one worker rank of a job.")
-    p.add_argument("--job", required=True, help="job spec YAML")
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seraphim worker start", description="Run one worker rank of a job.")
     p.add_argument("--rank", type=int, required=True)
-    p.add_argument("--ps", required=True, help="comma-separated PS addresses, shard order")
-    p.add_argument("--run-dir", required=True, type=Path)
+    p.add_argument("--scheduler", help="scheduler address (managed mode)")
+    p.add_argument("--job", required=True, help="job id (managed) or job spec YAML file (direct)")
+    p.add_argument("--ps", help="comma-separated PS addresses in shard order (direct mode)")
+    p.add_argument("--run-dir", type=Path, help="where metrics and results go (direct mode)")
+    p.add_argument("--token", help="cluster token (or --token-file, SERAPHIM_TOKEN, SERAPHIM_TOKEN_FILE)")
     p.add_argument("--token-file")
+    p.add_argument("--tls-ca", help="CA certificate of the cluster's TLS servers")
+    p.add_argument("--tls-server-name", help="name in the servers' certificates, when not their host")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads; 1 by default because workers and PS shards share the host's cores "
                         "(torch's one thread per core oversubscribes them: 4.8x slower measured on 2 cores)")
-    a = p.parse_args(argv)
+    return p
+
+
+def run_rank(spec_yaml: str, source: str, rank: int, addresses: list[str], token: str | None,
+             tls: TlsFiles | None, run_dir: Path, report: Callable[[int, dict[str, float]], None],
+             log: logging.Logger) -> dict[str, Any]:
+    """Connect to the PS shards and run this rank of the job from the clock the shards hold for it."""
+    spec, train = parse_job_text(spec_yaml, source)
+    with PSClient(addresses, worker_id=rank, num_workers=spec.cluster.workers, token=token, tls=tls) as ps:
+        start_step = ps.resume()
+        if start_step:
+            log.info("resuming at step %d (the clock the PS shards hold for rank %d)", start_step, rank)
+        job = job_class(spec.algorithm)(train)
+        ctx = JobContext(rank=rank, world_size=spec.cluster.workers, ps=ps, run_dir=run_dir, report=report,
+                         log=log, start_step=start_step)
+        log.info("running %s rank %d of %d against %s", spec.name, rank, spec.cluster.workers, addresses)
+        return job.run(ctx)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{a.rank} %(levelname)s %(message)s")
     log = logging.getLogger(f"seraphim.worker.{a.rank}")
+    tls = TlsFiles(ca=a.tls_ca, server_name=a.tls_server_name) if a.tls_ca else None
     try:
-        spec, train = load_job(a.job)
-    except JobSpecError as exc:
+        token = resolve_token(a.token, a.token_file)
+        if a.scheduler:
+            return _managed(a, token, tls, log)
+        return _direct(a, token, tls, log)
+    except (SeraphimError, JobSpecError) as exc:
         log.error("%s", exc)
-        return 2
-    metrics = MetricsWriter(a.run_dir / "metrics" / f"worker-{a.rank}.csv")
-    try:
-        with PSClient(a.ps.split(","), worker_id=a.rank, num_workers=spec.cluster.workers,
-                      token=resolve_token(None, a.token_file)) as ps:
-            job = job_class(spec.algorithm)(train)
-            ctx = JobContext(rank=a.rank, world_size=spec.cluster.workers, ps=ps, run_dir=a.run_dir,
-                             report=metrics, log=log)
-            log.info("starting %s rank %d of %d against %s", spec.name, a.rank, spec.cluster.workers, a.ps)
-            result = job.run(ctx)
-    except SeraphimError as exc:
-        log.error("job failed: %s", exc)
         return 1
+
+
+def _direct(a: argparse.Namespace, token: str | None, tls: TlsFiles | None, log: logging.Logger) -> int:
+    if not a.ps or not a.run_dir:
+        log.error("direct mode needs --ps and --run-dir (or give --scheduler for a managed worker)")
+        return 2
+    spec_yaml = Path(a.job).read_text() if Path(a.job).is_file() else ""
+    load_job(a.job)
+    metrics = MetricsWriter(a.run_dir / "metrics" / f"worker-{a.rank}.csv")
+    start = time.monotonic()
+    try:
+        result = run_rank(spec_yaml, a.job, a.rank, a.ps.split(","), token, tls, a.run_dir,
+                          lambda step, m: metrics.write_rows((step, time.monotonic() - start, k, v)
+                                                             for k, v in m.items()), log)
     finally:
         metrics.close()
     out = a.run_dir / "results" / f"worker-{a.rank}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     log.info("done: %s", json.dumps(result))
+    return 0
+
+
+def _managed(a: argparse.Namespace, token: str | None, tls: TlsFiles | None, log: logging.Logger) -> int:
+    agent = SchedulerAgent(a.scheduler, a.job, "worker", a.rank, token=token, tls=tls)
+    reply = agent.register()
+    view = agent.cluster_view()
+    agent.start()
+    run_dir = Path(reply.run_dir)
+    try:
+        result = run_rank(reply.spec_yaml, a.job, a.rank, [p.address for p in sorted(view.ps, key=lambda p: p.shard)],
+                          token, tls, run_dir, agent.report, log)
+    except Exception as exc:
+        agent.finish("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    if run_dir.is_dir():
+        out = run_dir / "results" / f"worker-{a.rank}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+    log.info("done: %s", json.dumps(result))
+    agent.finish("DONE")
     return 0
 
 

@@ -44,9 +44,8 @@ def time_each(fn: Callable[[object], object], items: Iterable[object]) -> float:
     return time.perf_counter() - start
 
 
-def rates(prefix: str, rows: int, seconds: float, row_bytes: int) -> dict[str, float]:
-    """``{prefix}_rows_per_s`` and ``{prefix}_mb_per_s`` for `rows` rows of `row_bytes` moved in `seconds`."""
-    rows_per_s = rows / seconds
+def rates(prefix: str, rows_per_s: float, row_bytes: int) -> dict[str, float]:
+    """``{prefix}_rows_per_s`` and ``{prefix}_mb_per_s`` for rows of `row_bytes` moved at `rows_per_s`."""
     return {f"{prefix}_rows_per_s": rows_per_s, f"{prefix}_mb_per_s": rows_per_s * row_bytes / MB}
 
 

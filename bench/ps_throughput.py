@@ -6,8 +6,9 @@ sends each shard (unique keys up, their rows down for a pull; unique keys and me
 and (b) a parameter server on ``torch.distributed.rpc`` built as PyTorch's tutorial builds one, sharded like ours.
 Rows/s counts the rows the caller asked for (repeats included); MB/s is those rows times dim x 4 bytes.
 
-All three systems are started first and then measured in interleaved rounds (the order rotating each round), so
-load from elsewhere on the host falls on all of them alike rather than on whichever ran last.
+All three systems are started and warmed up first, then measured in interleaved rounds (the batches split into
+--rounds slices, the system order rotating each round); a figure is the median over the rounds of that round's
+rate, so a burst of load from elsewhere on the host skews neither one system nor the result.
 
     python bench/ps_throughput.py [--batches 50] [--rounds 5] [--profile]
 """
@@ -216,10 +217,12 @@ class TorchRpcPS:
         return rows
 
     def pull(self, keys: torch.Tensor) -> torch.Tensor:
-        return self.weights[self._rows(keys)]
+        rows = self._rows(keys)  # before reading self.weights: making rows may replace it with a larger tensor
+        return self.weights[rows]
 
     def push(self, keys: torch.Tensor, grads: torch.Tensor) -> None:
-        self.weights.index_add_(0, self._rows(keys), grads, alpha=-self.lr)
+        rows = self._rows(keys)
+        self.weights.index_add_(0, rows, grads, alpha=-self.lr)
 
 
 class TorchRpcClient:
@@ -248,7 +251,7 @@ class TorchRpcClient:
 
 def _init_torch_rpc(name: str, rank: int, port: int) -> None:
     warnings.filterwarnings("ignore", message="You are using a Backend", category=UserWarning)
-    torch.set_num_threads(int(os.environ.get("BENCH_TORCH_THREADS", "1")))
+    torch.set_num_threads(1)  # 3 processes share the host: one intra-op thread each avoids oversubscription
     rpc.init_rpc(name, rank=rank, world_size=NUM_SHARDS + 1, rpc_backend_options=rpc.TensorPipeRpcBackendOptions(
         init_method=f"tcp://127.0.0.1:{port}", rpc_timeout=120))
 
@@ -377,9 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     distinct = np.mean([len(np.unique(b)) for b in work.batches]) / args.batch_size
     print(f"# {args.batches} batches x {args.batch_size} keys, Zipf({args.alpha}) over {args.num_keys:,} keys, "
           f"dim {args.dim} float32, {NUM_SHARDS} shards; {distinct:.1%} of a batch's keys are distinct, "
-          f"{len(work.touched):,} keys touched; MB = 10^6 bytes of requested rows", flush=True)
+          f"{len(work.touched):,} keys touched; MB = 10^6 bytes of requested rows; figures are medians over "
+          f"{args.rounds} interleaved rounds", flush=True)
     starters = {"seraphim": seraphim_system, "grpc_echo": grpc_echo_system, "torch_rpc": torch_rpc_system}
-    seconds: dict[str, float] = defaultdict(float)
+    round_rates: dict[str, list[float]] = defaultdict(list)
     with ExitStack() as stack:
         systems = {name: stack.enter_context(starters[name](work, args)) for name in names}
         print(f"# started and warmed up in {time.perf_counter() - started:.1f} s", flush=True)
@@ -387,10 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         for r, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 for op, run in systems[name].items():
-                    seconds[f"{name}_{op}"] += run(int(lo), int(hi))
+                    round_rates[f"{name}_{op}"].append((hi - lo) * args.batch_size / run(int(lo), int(hi)))
     figures: dict[str, float] = {}
-    for key, s in seconds.items():
-        figures.update(rates(key, work.batches.size, s, work.row_bytes))
+    for key, per_round in round_rates.items():
+        figures.update(rates(key, float(np.median(per_round)), work.row_bytes))
     print_figures(figures)
     headline = {}
     for peer, name, target in (("grpc_echo", "ratio_vs_grpc_echo", TARGET_VS_ECHO),

@@ -1,95 +1,200 @@
 """The ``seraphim`` command.
 
-``seraphim run JOB.yaml`` is the embedded default: it starts the PS shards and the workers of a job as local
-processes on loopback, shows its progress, and leaves everything under ``runs/<job>/``. ``seraphim ps start``
-runs one PS shard by hand.
+``seraphim run JOB.yaml`` is the embedded default: a scheduler, the PS shards and the workers as local processes on
+loopback, a progress bar, and everything under ``runs/<job>/``. The roles by hand for a cluster of hosts:
+``seraphim scheduler start``, ``seraphim ps start``, ``seraphim worker start``; jobs: ``submit``, ``status``,
+``jobs``, ``logs``, ``cancel``. Every error is one line on stderr and a non-zero exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import secrets
-import shutil
+import re
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+from seraphim.proto import scheduler_pb2
 from seraphim.proto.errors import SeraphimError
+from seraphim.proto.rpc import TlsFiles, resolve_token
+from seraphim.scheduler.client import SchedulerClient, default_address
 from seraphim.scheduler.job_spec import JobSpecError, load_job
-from seraphim.scheduler.local_cluster import LocalCluster, PSProcessSpec
-from seraphim.scheduler.progress import MetricsFollower, ProgressBar
+from seraphim.scheduler.master import TERMINAL
+from seraphim.scheduler.progress import ProgressBar
+
+STATE = scheduler_pb2.JobState.Name
+_NOTABLE = re.compile(r"missed heartbeats|exited|failed|lost|attempt ([2-9]|\d\d+)|restarted")
 
 
 class CLIError(Exception):
     """A problem to report in one line, with a non-zero exit."""
 
 
-def new_run_dir(root: Path, name: str) -> Path:
-    """runs/<name>, or runs/<name>-2, -3, ... when earlier runs exist: an earlier run is never touched."""
-    root.mkdir(parents=True, exist_ok=True)
-    candidate, n = root / name, 1
-    while candidate.exists():
-        n += 1
-        candidate = root / f"{name}-{n}"
-    candidate.mkdir()
-    return candidate
+def _client(args: argparse.Namespace) -> SchedulerClient:
+    token = resolve_token(getattr(args, "token", None), getattr(args, "token_file", None))
+    tls = TlsFiles(ca=args.tls_ca, server_name=args.tls_server_name) if getattr(args, "tls_ca", None) else None
+    return SchedulerClient(args.scheduler or default_address(), token=token, tls=tls)
+
+
+def _storage_root(path: str) -> Path:
+    root = Path(path).resolve()
+    if not root.parent.is_dir():
+        raise CLIError(f"storage.dir {path!r}: its parent directory {str(root.parent)!r} does not exist")
+    if root.exists() and not root.is_dir():
+        raise CLIError(f"storage.dir {path!r} exists and is not a directory")
+    root.mkdir(exist_ok=True)
+    return root
+
+
+class EmbeddedScheduler:
+    """A scheduler process for one `seraphim run`, on a free loopback port, stopped on exit."""
+
+    def __init__(self, data_dir: Path, heartbeat_timeout_s: float) -> None:
+        self.data_dir = data_dir
+        port_file = data_dir / "scheduler.port"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        port_file.unlink(missing_ok=True)
+        self.log = open(data_dir / "scheduler.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "seraphim.scheduler.cli", "scheduler", "start", "--data-dir", str(data_dir),
+             "--port", "0", "--port-file", str(port_file), "--heartbeat-timeout", str(heartbeat_timeout_s)],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = (data_dir / "scheduler.log").read_text(errors="replace").strip().splitlines()[-1:]
+                raise CLIError(f"the scheduler did not start: {tail[0] if tail else 'no output'}")
+            time.sleep(0.05)
+        self.address = f"127.0.0.1:{port_file.read_text()}"
+        self.token = (data_dir / "token").read_text().strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec, train = load_job(args.job)
-    job_cls_steps = _total_steps(spec.algorithm, train)
-    run_dir = new_run_dir(Path(args.runs_dir or spec.storage.dir), spec.name)
-    shutil.copyfile(args.job, run_dir / "job.yaml")
-    token = secrets.token_hex(16)
-    (run_dir / "token").write_text(token)
-    (run_dir / "token").chmod(0o600)
-    ps_spec = PSProcessSpec(num_ps=spec.cluster.ps, num_workers=spec.cluster.workers,
-                            staleness=spec.consistency.staleness, ram_mb=spec.storage.ram_mb,
-                            page_kb=spec.storage.page_kb, durability=spec.storage.durability,
-                            snapshot_every=spec.storage.snapshot_every, token=token)
-    print(f"seraphim: running {spec.name} ({spec.algorithm}) with {spec.cluster.ps} PS and "
-          f"{spec.cluster.workers} workers in {run_dir}", file=sys.stderr)
-    follower = MetricsFollower(run_dir / "metrics")
-    bar = ProgressBar(job_cls_steps)
-    with LocalCluster(run_dir / "ps", ps_spec, log_dir=run_dir / "logs") as cluster:
-        workers = [cluster.start_worker(["-m", "seraphim.algorithms.worker_main", "--job", str(run_dir / "job.yaml"),
-                                         "--rank", str(r), "--ps", ",".join(cluster.addresses),
-                                         "--run-dir", str(run_dir)], f"worker-{r}")
-                   for r in range(spec.cluster.workers)]
-        while any(w.poll() is None for w in workers):
-            failed = [r for r, w in enumerate(workers) if w.poll() not in (None, 0)]
-            if failed:
-                break
-            follower.poll()
-            bar.draw(follower)
-            time.sleep(0.5)
-        follower.poll()
-        bar.draw(follower, final=True)
-        failed = [r for r, w in enumerate(workers) if w.poll() not in (None, 0)]
-        if failed:
-            tail = cluster.tail(f"worker-{failed[0]}", 5)
-            raise CLIError(f"worker {failed[0]} failed (exit {workers[failed[0]].returncode}); "
-                           f"log {run_dir / 'logs' / f'worker-{failed[0]}.log'}:\n{tail}")
+    spec, _ = load_job(args.job)
+    root = _storage_root(args.runs_dir or spec.storage.dir)
+    scheduler = EmbeddedScheduler(root / ".scheduler", args.heartbeat_timeout)
+    client = SchedulerClient(scheduler.address, token=scheduler.token)
+    job_id = ""
+    try:
+        status = client.submit(Path(args.job).read_text(), "local", str(root))
+        job_id = status.job_id
+        print(f"seraphim: {spec.name} ({spec.algorithm}) is job {job_id}: {spec.cluster.ps} PS, "
+              f"{spec.cluster.workers} workers; run directory {status.run_dir}", file=sys.stderr)
+        status = follow(client, job_id)
+    except KeyboardInterrupt:
+        if job_id:
+            client.cancel(job_id)
+        raise
+    finally:
+        client.close()
+        scheduler.stop()
+    return report_end(status)
+
+
+def follow(client: SchedulerClient, job_id: str) -> scheduler_pb2.JobStatus:
+    """Redraw the progress bar until the job ends; print the job's events as they happen."""
+    status = client.job(job_id)
+    bar = ProgressBar(status.total_steps)
+    events = 0
+    while True:
+        status = client.job(job_id)
+        lines = [line for chunk in client.logs(job_id, source="job") for line in chunk.text.splitlines()]
+        for line in lines[events:]:
+            if _NOTABLE.search(line):
+                bar.note(line)
+        events = len(lines)
+        bar.draw(status, final=status.state in TERMINAL)
+        if status.state in TERMINAL:
+            return status
+        time.sleep(0.5)
+
+
+def report_end(status: scheduler_pb2.JobStatus) -> int:
+    run_dir = Path(status.run_dir)
     results = {p.stem: json.loads(p.read_text()) for p in sorted((run_dir / "results").glob("worker-*.json"))}
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    if results:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     for name, res in results.items():
         print(f"{name}: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                       for k, v in res.items()), file=sys.stderr)
-    print(f"seraphim: {spec.name} finished; results in {run_dir}", file=sys.stderr)
+    if status.state != scheduler_pb2.SUCCEEDED:
+        raise CLIError(f"job {status.job_id} {STATE(status.state)}: {status.reason or 'no reason given'} "
+                       f"(logs in {run_dir / 'logs'})")
+    restarts = f" after {status.restarts} restarts" if status.restarts else ""
+    print(f"seraphim: {status.name} succeeded{restarts}; metrics, plot, checkpoints and logs in {run_dir}",
+          file=sys.stderr)
     return 0
 
 
-def _total_steps(algorithm: str, train) -> int:
-    from seraphim.algorithms.registry import job_class
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec, _ = load_job(args.job)
+    root = Path(args.runs_dir or spec.storage.dir).resolve()
+    with _client(args) as client:
+        status = client.submit(Path(args.job).read_text(), args.launcher or "", str(root))
+    print(status.job_id)
+    print(f"seraphim: submitted {status.job_id} ({status.launcher}); run directory {status.run_dir}",
+          file=sys.stderr)
+    return 0
 
-    return job_class(algorithm)(train).total_steps()
+
+def _line(s: scheduler_pb2.JobStatus) -> str:
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(s.metrics.items()) if k in ("train_loss", "auc", "loss"))
+    return f"{s.job_id:<28} {STATE(s.state):<10} step {s.step}/{s.total_steps}  {metrics}".rstrip()
 
 
-def cmd_ps_start(args: argparse.Namespace, rest: list[str]) -> int:
-    from seraphim.ps.main import main as ps_main
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if not args.job_id:
+            for s in client.jobs():
+                print(_line(s))
+            return 0
+        s = client.job(args.job_id)
+    print(_line(s))
+    if s.reason:
+        print(f"  reason: {s.reason}")
+    print(f"  run directory: {s.run_dir}  launcher: {s.launcher}  restarts: {s.restarts}")
+    for n in s.nodes:
+        where = f" at {n.address}" if n.address else ""
+        print(f"  {n.role}-{n.rank}: {n.state} attempt {n.attempt} pid {n.pid}{where} step {n.step}")
+    return 0
 
-    return ps_main(rest)
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for chunk in client.logs(args.job_id, source=args.source or "", follow=args.follow):
+            prefix = "" if args.source else f"[{chunk.source}] "
+            for line in chunk.text.splitlines():
+                print(prefix + line)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        s = client.cancel(args.job_id)
+    print(f"seraphim: {s.job_id} {STATE(s.state)}")
+    return 0
+
+
+def _connection_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", help="scheduler address (default SERAPHIM_SCHEDULER or 127.0.0.1:7070)")
+    p.add_argument("--token", help="cluster token (or --token-file, SERAPHIM_TOKEN, SERAPHIM_TOKEN_FILE)")
+    p.add_argument("--token-file")
+    p.add_argument("--tls-ca", help="CA of the scheduler's TLS certificate")
+    p.add_argument("--tls-server-name")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,24 +203,62 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a job on local processes (the embedded default)")
     run.add_argument("job", help="job spec YAML, e.g. examples/ctr.yaml")
     run.add_argument("--runs-dir", help="where runs/<job> goes (default: the spec's storage.dir)")
-    ps = sub.add_parser("ps", help="parameter-server roles")
-    ps_sub = ps.add_subparsers(dest="ps_command", required=True)
-    ps_sub.add_parser("start", help="run one PS shard (see `seraphim ps start --help`)", add_help=False)
+    run.add_argument("--heartbeat-timeout", type=float, default=10.0)
+    for role in ("scheduler", "ps", "worker"):
+        role_parser = sub.add_parser(role, help=f"the {role} role by hand")
+        role_parser.add_subparsers(dest="action", required=True).add_parser(
+            "start", help=f"start a {role} (see `seraphim {role} start --help`)", add_help=False)
+    submit = sub.add_parser("submit", help="submit a job to a running scheduler")
+    submit.add_argument("job")
+    submit.add_argument("--launcher", choices=("local", "manual", "kubernetes"),
+                        help="default: the spec's cluster.launcher")
+    submit.add_argument("--runs-dir", help="run root on the scheduler's host (default: the spec's storage.dir)")
+    _connection_flags(submit)
+    status = sub.add_parser("status", help="one job in detail, or every job")
+    status.add_argument("job_id", nargs="?")
+    _connection_flags(status)
+    jobs = sub.add_parser("jobs", help="every job the scheduler knows")
+    _connection_flags(jobs)
+    logs = sub.add_parser("logs", help="a job's event log and its processes' logs")
+    logs.add_argument("job_id")
+    logs.add_argument("--follow", "-f", action="store_true")
+    logs.add_argument("--source", help="job, ps-0, worker-1, ... (default: all)")
+    _connection_flags(logs)
+    cancel = sub.add_parser("cancel", help="cancel a job")
+    cancel.add_argument("job_id")
+    _connection_flags(cancel)
     return parser
+
+
+def _role_main(role: str, rest: list[str]) -> int:
+    if role == "scheduler":
+        from seraphim.scheduler.main import main as role_main
+    elif role == "ps":
+        from seraphim.ps.main import main as role_main
+    else:
+        from seraphim.algorithms.worker_main import main as role_main
+    return role_main(rest)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:2] == ["ps", "start"]:
-        return cmd_ps_start(argparse.Namespace(), argv[2:])
+    if len(argv) >= 2 and argv[0] in ("scheduler", "ps", "worker") and argv[1] == "start":
+        return _role_main(argv[0], argv[2:])
     args = build_parser().parse_args(argv)
+    commands = {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "jobs": cmd_status,
+                "logs": cmd_logs, "cancel": cmd_cancel}
+    if args.command == "jobs":
+        args.job_id = None
     try:
-        if args.command == "run":
-            return cmd_run(args)
+        return commands[args.command](args)
     except (CLIError, JobSpecError, SeraphimError, OSError) as exc:
         print(f"seraphim: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("seraphim: interrupted; every process started was stopped", file=sys.stderr)
+        print("\nseraphim: interrupted; the job was cancelled and every process it started was stopped",
+              file=sys.stderr)
         return 130
-    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,6 +23,12 @@ class ClusterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ps: int = Field(2, ge=1, le=256, description="number of PS shards")
     workers: int = Field(2, ge=1, le=1024, description="number of worker processes")
+    launcher: Literal["local", "manual", "kubernetes"] = Field(
+        "local", description="local: the scheduler starts the processes; manual or kubernetes: they register")
+    max_restarts: int = Field(3, ge=0, le=100, description="restarts allowed per process before the job fails")
+    image: str = Field("seraphim:latest", description="container image (kubernetes launcher)")
+    scheduler_address: str = Field("seraphim-scheduler:7070",
+                                   description="where pods reach the scheduler (kubernetes launcher)")
 
 
 class StorageSpec(BaseModel):
@@ -81,6 +87,15 @@ def parse_job(data: Any, source: str = "job spec") -> tuple[JobSpec, BaseModel]:
     return spec, train
 
 
+def parse_job_text(text: str, source: str = "job spec") -> tuple[JobSpec, BaseModel]:
+    """Validate a job spec given as YAML text."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise JobSpecError(f"{source}: not valid YAML: {exc}") from None
+    return parse_job(data, source)
+
+
 def load_job(path: str | Path) -> tuple[JobSpec, BaseModel]:
     """Read and validate a job spec YAML file."""
     path = Path(path)
@@ -88,8 +103,4 @@ def load_job(path: str | Path) -> tuple[JobSpec, BaseModel]:
         text = path.read_text()
     except OSError as exc:
         raise JobSpecError(f"cannot read job spec {str(path)!r}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise JobSpecError(f"{path}: not valid YAML: {exc}") from None
-    return parse_job(data, str(path))
+    return parse_job_text(text, str(path))

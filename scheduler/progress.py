@@ -1,42 +1,17 @@
-"""Follow the workers' metric files and draw one progress line: step, loss, AUC, throughput."""
+"""One progress line for a running job, drawn from the scheduler's JobStatus: step, loss, AUC, throughput,
+restarts; notable events (a process lost or restarted) are printed above it as they happen."""
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 import time
-from pathlib import Path
 from typing import TextIO
 
-
-class MetricsFollower:
-    """Reads what the workers appended to metrics/worker-*.csv since the last poll."""
-
-    def __init__(self, metrics_dir: Path) -> None:
-        self.metrics_dir = metrics_dir
-        self._offsets: dict[Path, int] = {}
-        self.latest: dict[int, dict[str, float]] = {}
-        self.steps: dict[int, int] = {}
-
-    def poll(self) -> None:
-        for path in sorted(self.metrics_dir.glob("worker-*.csv")):
-            rank = int(path.stem.split("-")[1])
-            with open(path, newline="") as f:
-                f.seek(self._offsets.get(path, 0))
-                text = f.read()
-            complete = text[: text.rfind("\n") + 1]
-            self._offsets[path] = self._offsets.get(path, 0) + len(complete.encode())
-            for row in csv.reader(io.StringIO(complete)):
-                if not row or row[0] == "step":
-                    continue
-                step, _, name, value = int(row[0]), row[1], row[2], float(row[3])
-                self.steps[rank] = max(self.steps.get(rank, -1), step)
-                self.latest.setdefault(rank, {})[name] = value
+from seraphim.proto import scheduler_pb2
 
 
 class ProgressBar:
-    """One line, redrawn in place on a terminal, printed every few seconds otherwise."""
+    """Redrawn in place on a terminal; printed every few seconds otherwise (a log, CI)."""
 
     def __init__(self, total_steps: int, stream: TextIO = sys.stderr, width: int = 30) -> None:
         self.total = total_steps
@@ -45,27 +20,32 @@ class ProgressBar:
         self.tty = stream.isatty()
         self._last_print = 0.0
 
-    def line(self, follower: MetricsFollower) -> str:
-        done = min(follower.steps.values(), default=-1) + 1
+    def line(self, status: scheduler_pb2.JobStatus) -> str:
+        done = min(status.step, self.total)
         filled = int(self.width * done / max(1, self.total))
-        bar = "#" * filled + "." * (self.width - filled)
-        parts = [f"[{bar}] step {done}/{self.total}"]
-        latest = follower.latest.values()
-        for key, label, fmt in (("train_loss", "loss", "{:.4f}"), ("auc", "auc", "{:.4f}")):
-            vals = [m[key] for m in latest if key in m]
-            if vals:
-                parts.append(f"{label} " + fmt.format(sum(vals) / len(vals)))
-        rates = [m["examples_per_s"] for m in latest if "examples_per_s" in m]
-        if rates:
-            parts.append(f"{sum(rates):,.0f} ex/s")
+        parts = [f"[{'#' * filled}{'.' * (self.width - filled)}] step {done}/{self.total}"]
+        m = status.metrics
+        if "train_loss" in m:
+            parts.append(f"loss {m['train_loss']:.4f}")
+        if "auc" in m:
+            parts.append(f"auc {m['auc']:.4f}")
+        if "examples_per_s" in m:
+            parts.append(f"{m['examples_per_s'] * max(1, status.num_workers):,.0f} ex/s")
+        if status.restarts:
+            parts.append(f"restarts {status.restarts}")
         return "  ".join(parts)
 
-    def draw(self, follower: MetricsFollower, final: bool = False) -> None:
+    def note(self, text: str) -> None:
+        """An event line printed above the bar."""
+        self.stream.write(("\r" if self.tty else "") + text.ljust(100 if self.tty else 0) + "\n")
+        self.stream.flush()
+
+    def draw(self, status: scheduler_pb2.JobStatus, final: bool = False) -> None:
         now = time.monotonic()
         if self.tty:
-            self.stream.write("\r" + self.line(follower).ljust(100) + ("\n" if final else ""))
+            self.stream.write("\r" + self.line(status).ljust(100) + ("\n" if final else ""))
             self.stream.flush()
         elif final or now - self._last_print > 5:
-            self.stream.write(self.line(follower) + "\n")
+            self.stream.write(self.line(status) + "\n")
             self.stream.flush()
             self._last_print = now

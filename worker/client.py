@@ -146,8 +146,7 @@ class PSClient:
                      seed: int = 0) -> "SparseTable":
         """Create (or attach to, if it exists with the same spec) a sparse table: int64 key -> row of dim."""
         spec = _spec(name, ps_pb2.SPARSE, dtype, 0, dim, init, optimizer, lr_scales, seed)
-        self._create(spec)
-        table = SparseTable(self, spec)
+        table = SparseTable(self, spec, created=all(info.created for info in self._create(spec)))
         self._tables[name] = table
         return table
 
@@ -158,8 +157,7 @@ class PSClient:
         if len(shape) != 2:
             raise InvalidArgument(f"dense table {name!r}: shape must be (rows, cols), got {shape}")
         spec = _spec(name, ps_pb2.DENSE, dtype, shape[0], shape[1], init, optimizer, lr_scales, seed)
-        self._create(spec)
-        table = DenseTable(self, spec)
+        table = DenseTable(self, spec, created=all(info.created for info in self._create(spec)))
         self._tables[name] = table
         return table
 
@@ -258,9 +256,10 @@ def merge_duplicates(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, 
 class Table(ABC):
     """A table as a worker sees it: pull rows by key, push gradients, call PS functions."""
 
-    def __init__(self, client: PSClient, spec: ps_pb2.TableSpec) -> None:
+    def __init__(self, client: PSClient, spec: ps_pb2.TableSpec, created: bool = False) -> None:
         self.client = client
         self.spec = spec
+        self.created = created  # this call made the table (it did not exist on any shard)
         self.name = spec.name
         self.dim = int(spec.dim)
         self.dtype = spec.dtype
@@ -371,8 +370,8 @@ class SparseTable(Table):
 class DenseTable(Table):
     """A [rows, cols] matrix in contiguous row blocks, one per shard."""
 
-    def __init__(self, client: PSClient, spec: ps_pb2.TableSpec) -> None:
-        super().__init__(client, spec)
+    def __init__(self, client: PSClient, spec: ps_pb2.TableSpec, created: bool = False) -> None:
+        super().__init__(client, spec, created)
         self.rows = int(spec.rows)
         self.shape = (self.rows, self.dim)
 

@@ -58,7 +58,8 @@ class PSParameters:
     """A module's dense parameters kept in one PS table: pull() before forward, push() after backward.
 
     Worker 0 creates the table from its module's current values; the other workers wait until a marker table
-    says the values are in place, so every worker starts from the same weights.
+    says the values are in place, so every worker starts from the same weights. A restarted worker 0 finds the
+    table in place and keeps the trained values.
     """
 
     def __init__(self, client: PSClient, name: str, named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
@@ -74,15 +75,19 @@ class PSParameters:
         marker = f"{name}.ready"
         if client.worker_id == 0:
             self.table: DenseTable = client.dense_table(name, (self.rows, self.cols), init=Zeros(), optimizer=optimizer)
-            self.table.push_all(self._padded(self._flat(p.detach() for _, p in self.params)), mode="assign")
+            if self.table.created or not self._ready(marker):
+                self.table.push_all(self._padded(self._flat(p.detach() for _, p in self.params)), mode="assign")
             client.sparse_table(marker, dim=1)
         else:
             self._wait_for(marker, ready_timeout_s)
             self.table = client.dense_table(name, (self.rows, self.cols), init=Zeros(), optimizer=optimizer)
 
+    def _ready(self, marker: str) -> bool:
+        return all(marker in h.tables for h in self.client.health())
+
     def _wait_for(self, marker: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while not all(marker in h.tables for h in self.client.health()):
+        while not self._ready(marker):
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(f"worker {self.client.worker_id} waited {timeout_s:.0f}s for worker 0 to put "
                                        f"the initial values of {self.name!r} on the PS")

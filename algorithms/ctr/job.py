@@ -18,4 +18,5 @@ class CTRJob(Job):
         return self.spec.steps
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
-        return train_worker(ctx.ps, self.spec.model, self.spec, ctx.rank, ctx.world_size, metrics_cb=ctx.report)
+        return train_worker(ctx.ps, "ctr", self.spec, ctx.rank, ctx.world_size, metrics_cb=ctx.report,
+                            start_step=ctx.start_step)

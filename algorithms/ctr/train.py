@@ -97,8 +97,11 @@ def fit(
     worker_id: int = 0,
     num_workers: int = 1,
     metrics_cb: MetricsCallback | None = None,
+    start_step: int = 0,
 ) -> dict[str, float]:
-    """Run config.steps steps on this worker's shard; return held-out loss/AUC, the Bayes AUC and throughput.
+    """Run steps start_step..config.steps-1 on this worker's shard; return held-out loss/AUC, the Bayes AUC and
+    throughput. A restarted worker passes the step it resumes at; batches depend only on the step, so it reads
+    exactly the rows it had not trained on.
 
     examples_per_s counts the step itself (pull, forward, backward, push, clock), not data generation or
     evaluation, so that it compares storage back ends rather than the generator.
@@ -107,7 +110,7 @@ def fit(
     bayes = roc_auc(test.labels, test.true_prob)
     train_time, recent = 0.0, deque(maxlen=50)
     metrics: dict[str, float] = {}
-    for step in range(config.steps):
+    for step in range(start_step, config.steps):
         batch = worker_batch(config.data, step, config.batch_size, worker_id, num_workers)
         t0 = time.perf_counter()
         hooks.before_forward()
@@ -123,13 +126,16 @@ def fit(
             metrics.update(evaluate(model, test, hooks))
         if metrics_cb is not None:
             metrics_cb(step, metrics)
+    if "auc" not in metrics:  # resumed after the last step: nothing left to train, evaluate once
+        metrics.update(evaluate(model, test, hooks))
+    done = config.steps - start_step
     return {
         "loss": metrics["loss"],
         "auc": metrics["auc"],
         "bayes_auc": bayes,
-        "train_loss": float(np.mean(recent)),
+        "train_loss": float(np.mean(recent)) if recent else float("nan"),
         "steps": config.steps,
-        "examples_per_s": config.steps * config.batch_size / train_time,
+        "examples_per_s": done * config.batch_size / train_time if train_time else 0.0,
     }
 
 
@@ -140,6 +146,7 @@ def train_worker(
     worker_id: int,
     num_workers: int,
     metrics_cb: MetricsCallback | None = None,
+    start_step: int = 0,
 ) -> dict[str, float]:
     """Train `config.model` on the PS as worker `worker_id` of `num_workers`; model_name prefixes the table names
     (`<model_name>_lr_w`, `<model_name>_emb`, `<model_name>_dense`), so several models can share a cluster."""
@@ -165,4 +172,4 @@ def train_worker(
             p.grad = None
         client.clock()
 
-    return fit(model, config, StepHooks(params.pull, after_backward), worker_id, num_workers, metrics_cb)
+    return fit(model, config, StepHooks(params.pull, after_backward), worker_id, num_workers, metrics_cb, start_step)

@@ -1,0 +1,195 @@
+"""End-to-end steps/s of the CTR job through ``seraphim run`` with 1 and 2 workers, against the same model trained
+in one process with plain torch (``train_reference``) measured in the same run.
+
+Job specs come from examples/ctr.yaml with cluster.workers set to 1 and 2, train.steps set to --steps and
+train.eval_every set to 0 (only the final evaluation); the real CLI runs each one in a temporary runs directory.
+The peer is ``train_reference`` with the same CTRConfig (model, batch size, steps, data), once with one torch thread
+and once with one per core; the faster of the two is the figure compared against, so the peer is never weakened.
+
+Steps/s are global: batches of batch_size examples per second over all workers. Each worker's rate is taken from
+its metrics CSV (``seconds`` is when a step's metrics were written) over the span from step --warmup to the
+second-to-last step, so process start-up, table allocation, JIT warm-up and the final evaluation (written with the
+last step) are excluded; the job's rate is the sum of its workers' rates (under BSP their spans coincide). The
+reference is timed the same way from its per-step callback. ``*_wall_steps_per_s`` is a second figure: all steps
+over the wall-clock time of the whole ``seraphim run`` (process start-up, PS start, final evaluation included),
+or of the whole ``train_reference`` call (table allocation and final evaluation included).
+
+    python bench/e2e.py [--steps 300] [--warmup 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from common import print_figures
+from seraphim.algorithms.ctr.reference import train_reference
+from seraphim.algorithms.ctr.train import CTRConfig
+from seraphim.scheduler.job_spec import parse_job
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_JOB = REPO / "examples" / "ctr.yaml"
+WORKER_COUNTS = (1, 2)
+_CLI_STOP_GRACE_S = 30.0  #: the CLI's own stop waits up to 10 s for its children before killing them
+
+
+@dataclass
+class Throughput:
+    """One measured run: steady-state global steps/s, and steps/s over the whole run's wall clock."""
+
+    steps_per_s: float
+    wall_steps_per_s: float
+
+
+def span_rate(step_seconds: dict[int, float], first: int, last: int, source: str) -> float:
+    """Steps per second between the times steps `first` and `last` were reported."""
+    missing = [s for s in (first, last) if s not in step_seconds]
+    if missing:
+        raise RuntimeError(f"{source}: no metrics for step(s) {missing}; it reported steps "
+                           f"{min(step_seconds, default=None)}..{max(step_seconds, default=None)}")
+    return (last - first) / (step_seconds[last] - step_seconds[first])
+
+
+def read_step_seconds(path: Path) -> dict[int, float]:
+    """step -> seconds from a worker's long-format metrics CSV (step, seconds, name, value)."""
+    with open(path, newline="") as f:
+        return {int(row["step"]): float(row["seconds"]) for row in csv.DictReader(f)}
+
+
+def seraphim_cli() -> list[str]:
+    """The installed ``seraphim`` entry point next to this interpreter (``python -m seraphim.scheduler.cli``
+    has no ``__main__`` guard and exits 0 without running anything)."""
+    exe = Path(sys.executable).with_name("seraphim")
+    if not exe.exists():
+        raise RuntimeError(f"no `seraphim` command at {exe}; install the package with `pip install -e .` "
+                           f"into the environment of {sys.executable}")
+    return [str(exe)]
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of a process (Linux /proc); empty where that is not available."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def stop_cli(proc: subprocess.Popen) -> None:
+    """SIGINT the CLI's process group (it stops its PS and workers on KeyboardInterrupt); if it has not exited
+    within the grace period, SIGKILL it and the children it started (they run in sessions of their own)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=_CLI_STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        children = _children(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)
+        for child in children:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+
+
+def run_platform(job: dict[str, Any], workers: int, runs_dir: Path, warmup: int) -> Throughput:
+    """Run the job with `workers` workers through ``seraphim run`` and measure it from the workers' metrics."""
+    job = {**job, "name": f"{job['name']}-e2e-{workers}w", "cluster": {**job["cluster"], "workers": workers}}
+    steps = job["train"]["steps"]
+    job_path = runs_dir / f"{job['name']}.yaml"
+    job_path.write_text(yaml.safe_dump(job, sort_keys=False))
+    argv = [*seraphim_cli(), "run", str(job_path), "--runs-dir", str(runs_dir)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=sys.stderr, start_new_session=True)
+    try:
+        code = proc.wait()
+    finally:
+        stop_cli(proc)
+    wall = time.perf_counter() - start
+    run_dir = runs_dir / job["name"]
+    if code != 0:
+        raise RuntimeError(f"`{' '.join(argv)}` exited with code {code}; see its messages above and {run_dir}")
+    if not (run_dir / "results.json").exists():
+        raise RuntimeError(f"`{' '.join(argv)}` exited 0 but wrote no {run_dir / 'results.json'}")
+    rates = [span_rate(read_step_seconds(run_dir / "metrics" / f"worker-{r}.csv"), warmup, steps - 2,
+                       f"{run_dir}/metrics/worker-{r}.csv") for r in range(workers)]
+    return Throughput(sum(rates), workers * steps / wall)
+
+
+def run_reference(config: CTRConfig, threads: int, warmup: int) -> Throughput:
+    """Train the same model in this process with `threads` torch threads, timed from a per-step callback."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    step_seconds: dict[int, float] = {}
+    try:
+        start = time.perf_counter()
+        train_reference(config, lambda step, _metrics: step_seconds.__setitem__(step, time.perf_counter()))
+        wall = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(previous)
+    return Throughput(span_rate(step_seconds, warmup, config.steps - 2, f"train_reference ({threads} threads)"),
+                      config.steps / wall)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--job", type=Path, default=DEFAULT_JOB, help="CTR job spec to start from")
+    p.add_argument("--steps", type=int, default=300, help="steps per worker (and of the single process)")
+    p.add_argument("--warmup", type=int, default=20, help="first step of the measured span")
+    a = p.parse_args(argv)
+    if a.warmup < 0 or a.steps < a.warmup + 3:
+        p.error(f"need 0 <= --warmup and --steps >= --warmup + 3 (got --steps {a.steps}, --warmup {a.warmup})")
+    job = yaml.safe_load(a.job.read_text())
+    job["train"] = {**job.get("train", {}), "steps": a.steps, "eval_every": 0}
+    _, config = parse_job(job, str(a.job))
+    if not isinstance(config, CTRConfig):
+        p.error(f"--job {a.job}: algorithm {job.get('algorithm')!r} is not ctr")
+    cores = os.cpu_count() or 1
+    ps = job.get("cluster", {}).get("ps", 2)
+    print(f"# host: {cores} cores, shared by the platform's {ps} PS + 1 or 2 worker processes; the single process "
+          f"uses 1 or {cores} torch threads", flush=True)
+    print(f"# {a.steps} steps of {config.batch_size} examples per worker, {config.model}, staleness "
+          f"{job.get('consistency', {}).get('staleness', 0)}; steady-state span from step {a.warmup} to step "
+          f"{a.steps - 2}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="seraphim-e2e-") as tmp:
+        platform = {w: run_platform(job, w, Path(tmp), a.warmup) for w in WORKER_COUNTS}
+    single = {t: run_reference(config, t, a.warmup) for t in sorted({1, cores})}
+    best_threads = max(single, key=lambda t: single[t].steps_per_s)
+    best = single[best_threads]
+
+    figures: dict[str, float] = {}
+    for w, tp in platform.items():
+        figures[f"platform_{w}w_steps_per_s"] = tp.steps_per_s
+        figures[f"platform_{w}w_examples_per_s"] = tp.steps_per_s * config.batch_size
+        figures[f"platform_{w}w_wall_steps_per_s"] = tp.wall_steps_per_s
+    for t, tp in single.items():
+        figures[f"single_process_{t}thread_steps_per_s"] = tp.steps_per_s
+        figures[f"single_process_{t}thread_wall_steps_per_s"] = tp.wall_steps_per_s
+    figures["single_process_steps_per_s"] = best.steps_per_s
+    figures["single_process_examples_per_s"] = best.steps_per_s * config.batch_size
+    figures["ratio_platform_vs_single_process"] = platform[1].steps_per_s / best.steps_per_s
+    figures["ratio_platform_2w_vs_single_process"] = platform[2].steps_per_s / best.steps_per_s
+    figures["ratio_platform_vs_single_process_wall"] = platform[1].wall_steps_per_s / best.wall_steps_per_s
+    figures["scaling_1_to_2_workers"] = platform[2].steps_per_s / platform[1].steps_per_s
+    figures["scaling_1_to_2_workers_wall"] = platform[2].wall_steps_per_s / platform[1].wall_steps_per_s
+    print(f"# single-process peer: the faster is {best_threads} thread(s); ratios compare against it", flush=True)
+    print_figures(figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
