@@ -7,14 +7,17 @@ The peer is ``train_reference`` with the same CTRConfig (model, batch size, step
 and once with one per core; the faster of the two is the figure compared against, so the peer is never weakened.
 
 Steps/s are global: batches of batch_size examples per second over all workers. Each worker's rate is taken from
-its metrics CSV (``seconds`` is when a step's metrics were written) over the span from step --warmup to the
+its metrics CSV (``seconds``: the worker's clock when it reported the step) over the span from step --warmup to the
 second-to-last step, so process start-up, table allocation, JIT warm-up and the final evaluation (written with the
 last step) are excluded; the job's rate is the sum of its workers' rates (under BSP their spans coincide). The
 reference is timed the same way from its per-step callback. ``*_wall_steps_per_s`` is a second figure: all steps
-over the wall-clock time of the whole ``seraphim run`` (process start-up, PS start, final evaluation included),
-or of the whole ``train_reference`` call (table allocation and final evaluation included).
+over the wall-clock time of the whole ``seraphim run`` (process start-up, scheduler and PS start, final evaluation
+and run reports included), or of the whole ``train_reference`` call (table allocation and final evaluation included).
 
-    python bench/e2e.py [--steps 300] [--warmup 20]
+The four configurations run in --rounds interleaved rounds, the order rotating each round, and each figure is the
+best of its rounds, so load from elsewhere on the host falls on all of them alike rather than on whichever ran last.
+
+    python bench/e2e.py [--steps 300] [--warmup 20] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,11 +42,16 @@ from common import print_figures
 from seraphim.algorithms.ctr.reference import train_reference
 from seraphim.algorithms.ctr.train import CTRConfig
 from seraphim.scheduler.job_spec import parse_job
+from seraphim.scheduler.launchers import process_alive
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JOB = REPO / "examples" / "ctr.yaml"
 WORKER_COUNTS = (1, 2)
-_CLI_STOP_GRACE_S = 30.0  #: the CLI's own stop waits up to 10 s for its children before killing them
+_CLI_STOP_GRACE_S = 30.0  #: the CLI's own stop waits up to 15 s for its scheduler before killing it
+#: `seraphim run` returns while its PS processes still try for 30 s to tell the stopped scheduler they ended;
+#: they have flushed their pages by then, so the bench stops them after this grace rather than wait
+_LEFTOVER_GRACE_S = 3.0
+_STARTED = re.compile(r"started (\S+) \(attempt (\d+), pid (\d+)\)")
 
 
 @dataclass
@@ -63,14 +72,14 @@ def span_rate(step_seconds: dict[int, float], first: int, last: int, source: str
 
 
 def read_step_seconds(path: Path) -> dict[int, float]:
-    """step -> seconds from a worker's long-format metrics CSV (step, seconds, name, value)."""
+    """step -> seconds from a worker's long-format metrics CSV (step, seconds, name, value); a repeated step
+    keeps its latest row, as the CSV's other readers do."""
     with open(path, newline="") as f:
         return {int(row["step"]): float(row["seconds"]) for row in csv.DictReader(f)}
 
 
 def seraphim_cli() -> list[str]:
-    """The installed ``seraphim`` entry point next to this interpreter (``python -m seraphim.scheduler.cli``
-    has no ``__main__`` guard and exits 0 without running anything)."""
+    """The installed ``seraphim`` entry point next to this interpreter."""
     exe = Path(sys.executable).with_name("seraphim")
     if not exe.exists():
         raise RuntimeError(f"no `seraphim` command at {exe}; install the package with `pip install -e .` "
@@ -86,44 +95,79 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def job_pids(runs_dir: Path) -> list[int]:
+    """Pids of the PS and worker processes the jobs under runs_dir started and that still run there: the job
+    event logs name them, and a process counts only while its working directory is its job's run directory
+    (the local launcher starts it there), so a reused pid is never touched."""
+    pids = []
+    for log in runs_dir.glob("*/logs/job.log"):
+        run_dir = str(log.parent.parent.resolve())
+        for pid in (int(m[2]) for m in _STARTED.findall(log.read_text(errors="replace"))):
+            try:
+                if os.readlink(f"/proc/{pid}/cwd") == run_dir:
+                    pids.append(pid)
+            except OSError:
+                pass
+    return pids
+
+
+def stop_pids(pids: list[int], grace_s: float) -> None:
+    """SIGTERM the processes still alive, SIGKILL those that have not exited after grace_s."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        alive = [p for p in pids if process_alive(p)]
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while any(process_alive(p) for p in alive) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 def stop_cli(proc: subprocess.Popen) -> None:
-    """SIGINT the CLI's process group (it stops its PS and workers on KeyboardInterrupt); if it has not exited
-    within the grace period, SIGKILL it and the children it started (they run in sessions of their own)."""
+    """SIGINT the CLI's process group (it cancels the job and stops its scheduler on KeyboardInterrupt); SIGKILL
+    the group if it has not exited within the grace period, then stop the children it left (its scheduler runs
+    in a session of its own)."""
     if proc.poll() is not None:
         return
+    children = _children(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
     try:
         proc.wait(timeout=_CLI_STOP_GRACE_S)
     except subprocess.TimeoutExpired:
-        children = _children(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
-        for child in children:
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         proc.wait()
+    stop_pids(children, _LEFTOVER_GRACE_S)
 
 
-def run_platform(job: dict[str, Any], workers: int, runs_dir: Path, warmup: int) -> Throughput:
-    """Run the job with `workers` workers through ``seraphim run`` and measure it from the workers' metrics."""
-    job = {**job, "name": f"{job['name']}-e2e-{workers}w", "cluster": {**job["cluster"], "workers": workers}}
+def run_platform(job: dict[str, Any], workers: int, runs_dir: Path, warmup: int, tag: str) -> Throughput:
+    """Run the job with `workers` workers through ``seraphim run`` and measure it from the workers' metrics;
+    tag makes the run's name (and so its directory under runs_dir) unique. Every process of the job is gone when
+    this returns (see _LEFTOVER_GRACE_S)."""
+    job = {**job, "name": f"{job['name']}-e2e-{workers}w-{tag}", "cluster": {**job["cluster"], "workers": workers}}
     steps = job["train"]["steps"]
     job_path = runs_dir / f"{job['name']}.yaml"
     job_path.write_text(yaml.safe_dump(job, sort_keys=False))
     argv = [*seraphim_cli(), "run", str(job_path), "--runs-dir", str(runs_dir)]
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=sys.stderr, start_new_session=True)
+    proc = subprocess.Popen(argv, stdout=sys.stderr, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         code = proc.wait()
+        wall = time.perf_counter() - start
     finally:
         stop_cli(proc)
-    wall = time.perf_counter() - start
+        stop_pids(job_pids(runs_dir), _LEFTOVER_GRACE_S)
     run_dir = runs_dir / job["name"]
+    restarted = [f"{name} attempt {attempt}" for name, attempt, _ in
+                 _STARTED.findall((run_dir / "logs" / "job.log").read_text(errors="replace")) if attempt != "1"]
     if code != 0:
         raise RuntimeError(f"`{' '.join(argv)}` exited with code {code}; see its messages above and {run_dir}")
     if not (run_dir / "results.json").exists():
         raise RuntimeError(f"`{' '.join(argv)}` exited 0 but wrote no {run_dir / 'results.json'}")
+    if restarted:
+        raise RuntimeError(f"{run_dir}: processes were restarted during the run ({', '.join(restarted)}); its "
+                           f"throughput would not be steady-state; see {run_dir / 'logs'}")
     rates = [span_rate(read_step_seconds(run_dir / "metrics" / f"worker-{r}.csv"), warmup, steps - 2,
                        f"{run_dir}/metrics/worker-{r}.csv") for r in range(workers)]
     return Throughput(sum(rates), workers * steps / wall)
@@ -149,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--job", type=Path, default=DEFAULT_JOB, help="CTR job spec to start from")
     p.add_argument("--steps", type=int, default=300, help="steps per worker (and of the single process)")
     p.add_argument("--warmup", type=int, default=20, help="first step of the measured span")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each figure is the best of them")
     a = p.parse_args(argv)
+    if a.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {a.rounds}")
     if a.warmup < 0 or a.steps < a.warmup + 3:
         p.error(f"need 0 <= --warmup and --steps >= --warmup + 3 (got --steps {a.steps}, --warmup {a.warmup})")
     job = yaml.safe_load(a.job.read_text())
@@ -159,15 +206,25 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--job {a.job}: algorithm {job.get('algorithm')!r} is not ctr")
     cores = os.cpu_count() or 1
     ps = job.get("cluster", {}).get("ps", 2)
-    print(f"# host: {cores} cores, shared by the platform's {ps} PS + 1 or 2 worker processes; the single process "
-          f"uses 1 or {cores} torch threads", flush=True)
+    print(f"# host: {cores} cores, shared by the platform's scheduler, {ps} PS and 1 or 2 worker processes; the single "
+          f"process uses 1 or {cores} torch threads", flush=True)
     print(f"# {a.steps} steps of {config.batch_size} examples per worker, {config.model}, staleness "
           f"{job.get('consistency', {}).get('staleness', 0)}; steady-state span from step {a.warmup} to step "
-          f"{a.steps - 2}", flush=True)
+          f"{a.steps - 2}; best of {a.rounds} interleaved rounds", flush=True)
 
+    started = time.perf_counter()
+    threads = sorted({1, cores})
+    configs = [("platform", w) for w in WORKER_COUNTS] + [("single", t) for t in threads]
+    measured: dict[tuple[str, int], list[Throughput]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory(prefix="seraphim-e2e-") as tmp:
-        platform = {w: run_platform(job, w, Path(tmp), a.warmup) for w in WORKER_COUNTS}
-    single = {t: run_reference(config, t, a.warmup) for t in sorted({1, cores})}
+        for r in range(a.rounds):
+            for kind, n in configs[r % len(configs):] + configs[: r % len(configs)]:
+                measured[kind, n].append(run_platform(job, n, Path(tmp), a.warmup, f"r{r}") if kind == "platform"
+                                         else run_reference(config, n, a.warmup))
+    best_of = {c: Throughput(max(t.steps_per_s for t in runs), max(t.wall_steps_per_s for t in runs))
+               for c, runs in measured.items()}
+    platform = {w: best_of["platform", w] for w in WORKER_COUNTS}
+    single = {t: best_of["single", t] for t in threads}
     best_threads = max(single, key=lambda t: single[t].steps_per_s)
     best = single[best_threads]
 
@@ -183,11 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     figures["single_process_examples_per_s"] = best.steps_per_s * config.batch_size
     figures["ratio_platform_vs_single_process"] = platform[1].steps_per_s / best.steps_per_s
     figures["ratio_platform_2w_vs_single_process"] = platform[2].steps_per_s / best.steps_per_s
-    figures["ratio_platform_vs_single_process_wall"] = platform[1].wall_steps_per_s / best.wall_steps_per_s
+    figures["ratio_platform_vs_single_process_wall"] = (platform[1].wall_steps_per_s
+                                                        / max(tp.wall_steps_per_s for tp in single.values()))
     figures["scaling_1_to_2_workers"] = platform[2].steps_per_s / platform[1].steps_per_s
     figures["scaling_1_to_2_workers_wall"] = platform[2].wall_steps_per_s / platform[1].wall_steps_per_s
     print(f"# single-process peer: the faster is {best_threads} thread(s); ratios compare against it", flush=True)
     print_figures(figures)
+    print(f"# measured in {time.perf_counter() - started:.0f} s", flush=True)
     return 0
 
 

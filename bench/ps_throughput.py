@@ -20,6 +20,7 @@ import cProfile
 import multiprocessing as mp
 import os
 import pstats
+import signal
 import socket
 import sys
 import tempfile
@@ -372,8 +373,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop every process started
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     names = [s for s in SYSTEMS if s in args.systems.split(",")]
     started = time.perf_counter()
     work = make_workload(args)

@@ -27,7 +27,7 @@ class SchedulerAgent:
     """One process of a job as the scheduler sees it."""
 
     def __init__(self, scheduler: str, job_id: str, role: str, rank: int, token: str | None = None,
-                 tls: TlsFiles | None = None, interval_s: float = 1.0) -> None:
+                 tls: TlsFiles | None = None, interval_s: float = 0.5) -> None:
         self.scheduler, self.job_id, self.role, self.rank = scheduler, job_id, role, rank
         self.interval_s = interval_s
         self._channel = make_channel(scheduler, tls)

@@ -92,7 +92,10 @@ def parse_job_text(text: str, source: str = "job spec") -> tuple[JobSpec, BaseMo
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise JobSpecError(f"{source}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise JobSpecError(f"{source}: not valid YAML{where}: {problem}") from None
     return parse_job(data, source)
 
 

@@ -42,6 +42,8 @@ class Master:
         self.stop_grace_s = stop_grace_s
         self._lock = threading.RLock()
         self._writers: dict[tuple[str, int], MetricsWriter] = {}
+        self._job_logs: dict[str, Path] = {}
+        self._report_threads: list[threading.Thread] = []
         self._stopping: dict[str, float] = {}
         self._closed = threading.Event()
         self._adopt_running_jobs()
@@ -56,7 +58,7 @@ class Master:
             for node in self.store.nodes(job.job_id):
                 if node.state in ("STARTING", "RUNNING"):
                     self.store.update_node(job.job_id, node.role, node.rank, last_heartbeat=now)
-            self.store.log_event(job.job_id, "scheduler restarted; following the job's processes again")
+            self._event(job.job_id, "scheduler restarted; following the job's processes again")
 
     def submit(self, spec_yaml: str, launcher: str, run_root: str) -> JobRow:
         try:
@@ -88,6 +90,7 @@ class Master:
                       for r in range(spec.cluster.workers)]
             (run_dir / "job.yaml").write_text(spec_yaml)
             self.store.add_job(job, nodes)
+            self._job_logs[job_id] = run_dir / "logs" / "job.log"
             self._event(job_id, f"submitted: {spec.algorithm} with {spec.cluster.ps} PS and {spec.cluster.workers} "
                                 f"workers, launcher {launcher}, run directory {run_dir}")
             if launcher == "local":
@@ -139,7 +142,13 @@ class Master:
             return self.job(job_id)
 
     def _event(self, job_id: str, message: str) -> None:
-        self.store.log_event(job_id, message)
+        """Append to the job's log (logs/job.log in its run directory), with the time."""
+        path = self._job_logs.get(job_id)
+        if path is None:
+            path = self._job_logs[job_id] = Path(self.job(job_id).run_dir) / "logs" / "job.log"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(path, "a") as f:
+            f.write(f"{stamp} {message}\n")
         log.info("%s: %s", job_id, message)
 
     # -- processes ---------------------------------------------------------------------------------------
@@ -162,6 +171,8 @@ class Master:
             fields = dict(pid=req.pid, host=req.host, last_heartbeat=time.time(), attempt=max(attempt, 1))
             if req.role == "worker" or req.address:
                 fields["state"] = "RUNNING"
+            elif node.state in ("WAITING", "LOST"):
+                fields["state"] = "STARTING"  # a PS asking for its settings; it registers its address next
             if req.address:
                 fields["address"] = req.address
                 fields["port"] = int(req.address.rsplit(":", 1)[1])
@@ -200,6 +211,9 @@ class Master:
             job = self.job(req.job_id)
             node = self._node(job, req.role, req.rank)
             if job.state in TERMINAL:
+                if req.state in ("DONE", "FAILED"):
+                    self.store.update_node(job.job_id, req.role, req.rank, state=req.state,
+                                           last_heartbeat=time.time())
                 return True
             if node.pid and req.pid and node.pid != req.pid and job.launcher == "local":
                 return True  # a process the scheduler already replaced
@@ -272,13 +286,20 @@ class Master:
             self._stopping[job.job_id] = time.monotonic() + self.stop_grace_s
 
     def _write_reports(self, job: JobRow) -> None:
-        from seraphim.scheduler.reports import write_reports
+        """Metrics CSV, TensorBoard and plot, on a thread of their own: heartbeats must not wait for a plot."""
 
-        try:
-            paths = write_reports(Path(job.run_dir))
-            self._event(job.job_id, f"wrote {', '.join(str(p) for p in paths.values())}")
-        except (ValueError, OSError) as exc:
-            self._event(job.job_id, f"no reports written: {exc}")
+        def write() -> None:
+            from seraphim.scheduler.reports import write_reports
+
+            try:
+                paths = write_reports(Path(job.run_dir))
+                self._event(job.job_id, f"wrote {', '.join(str(p) for p in paths.values())}")
+            except (ValueError, OSError) as exc:
+                self._event(job.job_id, f"no reports written: {exc}")
+
+        thread = threading.Thread(target=write, name=f"reports-{job.job_id}")
+        self._report_threads.append(thread)
+        thread.start()
 
     def _watch(self) -> None:
         while not self._closed.wait(0.5):
@@ -333,6 +354,8 @@ class Master:
     def close(self) -> None:
         self._closed.set()
         self._monitor.join(timeout=5)
+        for thread in self._report_threads:
+            thread.join(timeout=60)
         for writer in self._writers.values():
             writer.close()
         self.store.close()

@@ -18,6 +18,7 @@ class MetricsWriter:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _cut_partial_line(path)
         new = not path.exists() or path.stat().st_size == 0
         self._file = open(path, "a", newline="")
         self._csv = csv.writer(self._file)
@@ -31,3 +32,13 @@ class MetricsWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _cut_partial_line(path: Path) -> None:
+    """Drop a last line that a killed writer left without its newline, so appended rows start on a line of their own."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)

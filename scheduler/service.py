@@ -82,26 +82,21 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
 def _follow_logs(master: Master, job_id: str, log_dir: Path, source: str, follow: bool,
                  context: grpc.ServicerContext) -> Iterator[scheduler_pb2.LogChunk]:
-    """The job's event log and its processes' log files; with follow, new lines until the job ends."""
+    """The job's log (job.log) and its processes' logs; with follow, new lines until the job ends."""
     offsets: dict[Path, int] = {}
-    last_event = 0.0
+    if source not in ("", "all") and not (log_dir / f"{source}.log").exists() and not follow:
+        known = ", ".join(p.stem for p in sorted(log_dir.glob("*.log")))
+        context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id} has no log {source!r}; sources: {known}")
     while True:
         ended = master.job(job_id).state in TERMINAL
-        if source in ("", "job"):
-            for t, message in master.store.events(job_id, last_event):
-                last_event = t
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-                yield scheduler_pb2.LogChunk(source="job", text=f"{stamp} {message}\n")
         files = sorted(log_dir.glob("*.log")) if source in ("", "all") else [log_dir / f"{source}.log"]
-        if source not in ("", "job", "all") and not files[0].exists() and not follow:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id} has no log {source!r}; sources: job, "
-                                                     f"{', '.join(p.stem for p in sorted(log_dir.glob('*.log')))}")
         for path in files:
             if not path.exists():
                 continue
             with open(path, "rb") as f:
                 f.seek(offsets.get(path, 0))
                 data = f.read(4 * 1024 * 1024)
+            data = data[: data.rfind(b"\n") + 1]
             if data:
                 offsets[path] = offsets.get(path, 0) + len(data)
                 yield scheduler_pb2.LogChunk(source=path.stem, text=data.decode(errors="replace"))

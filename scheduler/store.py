@@ -1,4 +1,4 @@
-"""The scheduler's persistent state in SQLite: jobs, their processes, latest metrics and the job event log.
+"""The scheduler's persistent state in SQLite: jobs, their processes and their latest metrics.
 
 Every change is committed at once (WAL journal), so a scheduler killed at any point and started again on the
 same directory knows every job, every process it launched and what happened to them.
@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -28,8 +27,6 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE TABLE IF NOT EXISTS metrics (
     job_id TEXT NOT NULL, rank INTEGER NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, step INTEGER NOT NULL,
     PRIMARY KEY (job_id, rank, name));
-CREATE TABLE IF NOT EXISTS events (job_id TEXT NOT NULL, time REAL NOT NULL, message TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, time);
 """
 
 JOB_FIELDS = ("job_id", "name", "algorithm", "spec_yaml", "state", "reason", "created", "started", "finished",
@@ -143,15 +140,6 @@ class JobStore:
         """Mean over workers of each metric's latest value."""
         rows = self._exec("SELECT name, AVG(value) FROM metrics WHERE job_id=? GROUP BY name", (job_id,))
         return {name: value for name, value in rows}
-
-    def log_event(self, job_id: str, message: str) -> float:
-        now = time.time()
-        self._exec("INSERT INTO events VALUES (?,?,?)", (job_id, now, message))
-        return now
-
-    def events(self, job_id: str, after: float = 0.0) -> Iterator[tuple[float, str]]:
-        yield from self._exec("SELECT time, message FROM events WHERE job_id=? AND time>? ORDER BY time, rowid",
-                              (job_id, after))
 
     def close(self) -> None:
         with self._lock:

@@ -48,6 +48,10 @@ class PageArena:
         """The k least recently used frames (free ones first), in no particular order."""
         return np.argpartition(self.tick, k - 1)[:k]
 
+    def oldest(self, frames: np.ndarray, k: int) -> np.ndarray:
+        """The k least recently used of `frames`, in no particular order."""
+        return frames[np.argpartition(self.tick[frames], k - 1)[:k]]
+
     def victims(self, k: int, n_pinned: int) -> np.ndarray:
         """k frames to reuse: clean ones first among the 2k least recently used, then the oldest dirty ones.
 

@@ -5,10 +5,14 @@ the arena's frames; cold pages live in LMDB. A table may be many times larger th
 sparse table's key index (KeyIndex, about 24 bytes per key) must fit in RAM, never its rows.
 
 Concurrency: one RLock per store guards the arena and the tables; every operation holds it for a short,
-vectorized critical section (numba kernels over the request, a loop only over missing pages). Page reads
-happen under it (LMDB reads are MVCC and never wait for the writer). The background writer copies dirty
-frames under the lock and writes them outside it. Only a dirty eviction victim is written under the lock,
-because its frame is reused right after; the writer keeps most victims clean.
+vectorized critical section (numba kernels and numpy fancy indexing over the request, a loop only over
+missing pages). Page reads happen under it (LMDB reads are MVCC and never wait for the writer). The
+background writer copies dirty frames under the lock and writes them outside it. Only a dirty eviction
+victim is written under the lock, because its frame is reused right after; the writer cleans the LRU tail
+and eviction prefers clean frames, so that is rare unless the writer falls behind.
+
+Lock order: the store lock may be held while taking the LMDB write lock (eviction, snapshot, strict
+create/drop), never the reverse, so the two cannot deadlock.
 
 Pinning: the frames an operation touches carry the newest LRU tick, and eviction picks the smallest ticks,
 so an operation never evicts its own pages. An operation touching more distinct pages than the arena holds
@@ -32,6 +36,7 @@ from seraphim.storage.page_kernels import locate, pin_pages, row_view, slots_of_
 InitRows = Callable[[np.ndarray], np.ndarray]  # slots int64 [n] -> rows uint8 [n, row_bytes] (initial contents)
 
 WRITE_BATCH_BYTES = 4 << 20  # pages copied per lock hold by the writer: bounds how long readers wait
+TAIL_SAMPLE = 1 << 16  # frames sampled to estimate the tick bound of the LRU tail
 STORE_STATS = "_store"
 
 
@@ -102,6 +107,7 @@ class ShardStore:
         self._writer_error: BaseException | None = None
         self._interval = writer_interval_s
         self._evictions_seen = 0
+        self._rng = np.random.default_rng()
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._writer_loop, name=f"store-writer:{self._path}", daemon=True)
         self._writer.start()
@@ -500,26 +506,27 @@ class ShardStore:
         """One writer round: write the dirty frames among the least recently used ones, oldest first, one
         batch. Returns True when more dirty frames wait in that zone (the writer then goes on at once).
 
-        Only the LRU tail is cleaned, not every dirty frame: eviction takes its victims there, so they are
-        then clean and no op waits on a write, while hot pages are not rewritten every round (they reach
-        LMDB at snapshot, flush, close or when they cool down). The zone is an eighth of the arena, or twice
-        the evictions since the last round when the working set moves faster than that.
+        Only the LRU tail is cleaned, not every dirty frame: eviction takes its victims there (clean ones
+        first), so no op waits on a write, while hot pages are not rewritten every round (they reach LMDB at
+        snapshot, flush, close or once they cool down). The zone is an eighth of the arena, or twice the
+        evictions since the last round when the working set moves faster; its tick bound is estimated from
+        a sample of frames, which keeps the lock hold O(frames) elementwise work, not a full partition.
         """
         arena = self._arena
         per_batch = max(1, WRITE_BATCH_BYTES // arena.page_bytes)
         with self._lock:
             evicted, self._evictions_seen = arena.evictions - self._evictions_seen, arena.evictions
             zone = min(arena.n_frames, max(1, arena.n_frames // 8, 2 * evicted))
-            tail = arena.lru(zone)
-            dirty = tail[arena.dirty[tail]]
-            dirty = dirty[np.argsort(arena.tick[dirty], kind="stable")[:per_batch]]
-            writes = self._copy_frames(dirty)
-            more = int(np.count_nonzero(arena.dirty[tail])) > dirty.shape[0]
-        if dirty.shape[0]:
+            sample = arena.tick[self._rng.integers(0, arena.n_frames, TAIL_SAMPLE)]
+            bound = np.quantile(sample, zone / arena.n_frames, method="higher")
+            dirty = np.flatnonzero(arena.dirty & (arena.tick <= bound))
+            batch = dirty if dirty.shape[0] <= per_batch else arena.oldest(dirty, per_batch)
+            writes = self._copy_frames(batch)
+        if batch.shape[0]:
             self._tier.commit(pages=writes)
             with self._lock:
-                arena.clear_written(dirty, writes.tids, writes.pages, writes.seqs)
-        return more
+                arena.clear_written(batch, writes.tids, writes.pages, writes.seqs)
+        return dirty.shape[0] > per_batch
 
     def _writer_loop(self) -> None:
         wait = self._interval

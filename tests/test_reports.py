@@ -1,5 +1,4 @@
-"""Run reports: the wide CSV and summary, TensorBoard events read back, the plot, restarted and killed workers,
-and the live progress follower that shares the reader."""
+"""Run reports: the wide CSV and summary, TensorBoard events read back, the plot, restarted and killed workers."""
 
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ from tensorboardX.record_writer import masked_crc32c
 from tensorboardX.proto.event_pb2 import Event
 
 from seraphim.scheduler.metrics_file import MetricsWriter
-from seraphim.scheduler.progress import MetricsFollower
 from seraphim.scheduler.reports import run_title, trailing_mean, write_reports
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,10 +52,11 @@ def run_dir(tmp_path_factory) -> Path:
     return run
 
 
-def read_events(logdir: Path) -> tuple[list[Event], int]:
+def read_events(logdir: Path) -> list[Event]:
     """The events of the one event file in ``logdir``, every record's length and data CRC checked."""
-    (path,) = logdir.glob("events.out.tfevents.*")
-    data, i, events = path.read_bytes(), 0, []
+    paths = list(logdir.glob("events.out.tfevents.*"))
+    assert len(paths) == 1, paths
+    data, i, events = paths[0].read_bytes(), 0, []
     while i < len(data):
         header = data[i : i + 8]
         (length,) = struct.unpack("<Q", header)
@@ -66,7 +65,7 @@ def read_events(logdir: Path) -> tuple[list[Event], int]:
         assert struct.unpack("<I", data[i + 12 + length : i + 16 + length])[0] == masked_crc32c(record)
         events.append(Event.FromString(record))
         i += 16 + length
-    return events, len(list(logdir.glob("events.out.tfevents.*")))
+    return events
 
 
 def test_wide_csv_and_summary(run_dir):
@@ -96,8 +95,7 @@ def test_tensorboard_events_read_back(run_dir):
     assert paths == {"metrics_csv": run_dir / "metrics.csv", "summary": run_dir / "metrics_summary.json",
                      "tensorboard": run_dir / "tensorboard", "plot": run_dir / "plot.png"}
     for rank in (0, 1):
-        events, files = read_events(run_dir / "tensorboard" / f"worker-{rank}")
-        assert files == 1
+        events = read_events(run_dir / "tensorboard" / f"worker-{rank}")
         assert events[0].file_version == "brain.Event:2"
         series: dict[str, list[tuple[int, float]]] = {}
         walltime = {}
@@ -185,14 +183,3 @@ def test_nan_values_and_trailing_mean(tmp_path):
     np.testing.assert_allclose(trailing_mean(y, 2), [1.0, 2.0, 3.0, 5.0, 6.0])
     assert np.isnan(trailing_mean(np.array([np.nan]), 3)[0])
 
-
-def test_progress_follower_waits_for_a_partial_line(tmp_path):
-    path = tmp_path / "worker-3.csv"
-    path.write_text("step,seconds,name,value\n0,0.1,train_loss,0.7\n0,0.1,examples_per_s,900.0\n1,0.2,train_lo")
-    follower = MetricsFollower(tmp_path)
-    follower.poll()
-    assert follower.steps == {3: 0} and follower.latest == {3: {"train_loss": 0.7, "examples_per_s": 900.0}}
-    with open(path, "a") as f:
-        f.write("ss,0.65\n")
-    follower.poll()
-    assert follower.steps == {3: 1} and follower.latest[3]["train_loss"] == 0.65

@@ -1,0 +1,215 @@
+"""The scheduler and CLI with real processes: the embedded run, job specs, failures and restarts, persistence."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seraphim.proto import scheduler_pb2
+from seraphim.proto.errors import Unauthenticated
+
+STATE = scheduler_pb2.JobState.Name
+
+
+def tiny_job(name: str = "tiny", steps: int = 60, workers: int = 2, ps: int = 2, **cluster) -> dict:
+    return {
+        "name": name, "algorithm": "ctr",
+        "cluster": {"ps": ps, "workers": workers, **cluster},
+        "storage": {"ram_mb": 16, "page_kb": 64, "snapshot_every": 5},
+        "train": {"model": "lr", "batch_size": 256, "steps": steps, "eval_every": 0, "eval_rows": 2000,
+                  "data": {"num_fields": 6, "vocab_sizes": [5, 10, 20, 50, 100, 200]}},
+    }
+
+
+def write_job(tmp_path: Path, job: dict) -> Path:
+    path = tmp_path / f"{job['name']}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "seraphim.scheduler.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def wait_for(client, job_id: str, predicate, timeout: float = 120.0) -> scheduler_pb2.JobStatus:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.job(job_id)
+        if predicate(status):
+            return status
+        assert status.state not in (scheduler_pb2.FAILED, scheduler_pb2.CANCELLED) or predicate(status), \
+            f"{STATE(status.state)}: {status.reason}"
+        assert time.monotonic() < deadline, f"timed out; last status {STATE(status.state)} step {status.step}"
+        time.sleep(0.2)
+
+
+def done(status) -> bool:
+    return status.state == scheduler_pb2.SUCCEEDED
+
+
+def node(status, role: str, rank: int):
+    return next(n for n in status.nodes if n.role == role and n.rank == rank)
+
+
+def steps_recorded(run_dir: Path, rank: int) -> set[int]:
+    with open(run_dir / "metrics" / f"worker-{rank}.csv") as f:
+        return {int(r["step"]) for r in csv.DictReader(f) if r["name"] == "train_loss"}
+
+
+def test_run_leaves_metrics_plot_checkpoints_and_logs(tmp_path):
+    job = write_job(tmp_path, tiny_job(steps=40))
+    result = cli("run", str(job), "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "tiny"
+    for path in ("job.yaml", "metrics.csv", "plot.png", "results.json", "logs/job.log", "logs/ps-0.log",
+                 "logs/worker-1.log", "checkpoints/ps-1", "tensorboard/worker-0"):
+        assert (run_dir / path).exists(), path
+    assert steps_recorded(run_dir, 1) == set(range(40))
+    assert "succeeded" in result.stderr
+    again = cli("run", str(job), "--runs-dir", str(tmp_path / "runs"))
+    assert again.returncode == 0 and (tmp_path / "runs" / "tiny-2" / "plot.png").exists()  # the first run untouched
+    assert (run_dir / "plot.png").stat().st_mtime < (tmp_path / "runs" / "tiny-2" / "plot.png").stat().st_mtime
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: x\nalgorithm: ctr\ncluster: {ps: 0}\n", "cluster.ps: Input should be greater than or equal to 1 (got 0)"),
+    ("name: x\nalgorithm: nope\n", "algorithm: unknown algorithm 'nope'; known: ['ctr']"),
+    ("name: x\n", "algorithm: Field required"),
+    ("name: Bad_Name\nalgorithm: ctr\n", "name: String should match pattern"),
+    ("name: x\nalgorithm: ctr\ntrain: {model: svm}\n", "train.model: Input should be 'lr' or 'wide_deep' (got 'svm')"),
+    ("name: x\nalgorithm: ctr\ntrain: {stepz: 3}\n", "train.stepz: Extra inputs are not permitted"),
+    ("name: [unclosed\n", "not valid YAML"),
+    ("- a list\n", "expected a mapping"),
+])
+def test_bad_job_specs_get_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    result = cli("run", str(path), "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_missing_file_unknown_job_and_unreachable_scheduler(tmp_path, scheduler_factory):
+    result = cli("run", str(tmp_path / "missing.yaml"))
+    assert result.returncode != 0 and "cannot read job spec" in result.stderr and "Traceback" not in result.stderr
+    sched = scheduler_factory()
+    result = cli("status", "no-such-job", "--scheduler", sched.address, "--token-file", str(sched.token_file))
+    assert result.returncode != 0 and "no job 'no-such-job'" in result.stderr and "Traceback" not in result.stderr
+    result = cli("jobs", "--scheduler", "127.0.0.1:1", "--token-file", str(sched.token_file))
+    assert result.returncode != 0 and "cannot reach the scheduler at 127.0.0.1:1" in result.stderr
+    result = cli("jobs", "--scheduler", sched.address)
+    assert result.returncode != 0 and "missing or wrong cluster token" in result.stderr
+    deep = tmp_path / "no" / "such" / "dir"
+    result = cli("submit", str(write_job(tmp_path, tiny_job())), "--scheduler", sched.address, "--token-file",
+                 str(sched.token_file), "--runs-dir", str(deep))
+    assert result.returncode != 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path, scheduler_factory):
+    sched = scheduler_factory()
+    result = cli("scheduler", "start", "--data-dir", str(tmp_path / "other"), "--port", str(sched.port))
+    assert result.returncode != 0 and f"cannot listen on 127.0.0.1:{sched.port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_calls_without_the_token_are_refused(scheduler_factory):
+    sched = scheduler_factory()
+    from seraphim.scheduler.client import SchedulerClient
+
+    with SchedulerClient(sched.address) as anonymous, pytest.raises(Unauthenticated):
+        anonymous.jobs()
+    with SchedulerClient(sched.address, token="wrong") as wrong, pytest.raises(Unauthenticated):
+        wrong.jobs()
+    with sched.client() as ok:
+        assert ok.jobs() == []
+
+
+def test_killed_ps_and_worker_are_restarted_and_the_job_completes(tmp_path, scheduler_factory):
+    sched = scheduler_factory()
+    with sched.client() as client:
+        status = client.submit(yaml.safe_dump(tiny_job("heal", steps=400)), "local", str(tmp_path))
+        job_id, run_dir = status.job_id, Path(status.run_dir)
+        status = wait_for(client, job_id, lambda s: s.step >= 60)
+        os.kill(node(status, "ps", 0).pid, signal.SIGKILL)
+        status = wait_for(client, job_id, lambda s: node(s, "ps", 0).attempt == 2 and node(s, "ps", 0).state ==
+                          "RUNNING")
+        step = status.step
+        status = wait_for(client, job_id, lambda s: s.step >= step + 40)
+        os.kill(node(status, "worker", 1).pid, signal.SIGKILL)
+        status = wait_for(client, job_id, done, timeout=180)
+        assert status.restarts == 2
+        assert node(status, "worker", 1).attempt == 2
+        events = "".join(c.text for c in client.logs(job_id, source="job"))
+    assert "ps-0 (pid" in events and "started ps-0 (attempt 2" in events
+    assert "started worker-1 (attempt 2" in events and "job SUCCEEDED" in events
+    resumed = int(re.search(r"resuming at step (\d+)", (run_dir / "logs" / "worker-1.log").read_text()).group(1))
+    recorded = steps_recorded(run_dir, 1)
+    assert set(range(resumed, 400)) <= recorded  # the curve continues from the clock the PS held
+    lost = set(range(400)) - recorded  # metrics queued in the killed process (training itself was not lost)
+    assert not lost or (max(lost) == resumed - 1 and len(lost) == resumed - min(lost) and len(lost) < 40)
+    assert "restored clock" in (run_dir / "logs" / "ps-0.log").read_text()
+
+
+def test_a_job_whose_restarts_run_out_fails_with_the_reason(tmp_path, scheduler_factory):
+    sched = scheduler_factory()
+    with sched.client() as client:
+        job_id = client.submit(yaml.safe_dump(tiny_job("fragile", steps=2000, max_restarts=0)), "local",
+                               str(tmp_path)).job_id
+        status = wait_for(client, job_id, lambda s: s.step >= 10)
+        os.kill(node(status, "worker", 0).pid, signal.SIGKILL)
+        status = wait_for(client, job_id, lambda s: s.state == scheduler_pb2.FAILED)
+    assert "worker-0 failed 1 times (max_restarts 0)" in status.reason
+    shown = cli("status", job_id, "--scheduler", sched.address, "--token-file", str(sched.token_file))
+    assert "FAILED" in shown.stdout and "max_restarts 0" in shown.stdout
+
+
+def test_cancel_stops_every_process(tmp_path, scheduler_factory):
+    sched = scheduler_factory()
+    with sched.client() as client:
+        job_id = client.submit(yaml.safe_dump(tiny_job("stopme", steps=5000)), "local", str(tmp_path)).job_id
+        status = wait_for(client, job_id, lambda s: s.step >= 5)
+        pids = [n.pid for n in status.nodes]
+        result = cli("cancel", job_id, "--scheduler", sched.address, "--token-file", str(sched.token_file))
+        assert result.returncode == 0 and "CANCELLED" in result.stdout
+    deadline = time.monotonic() + 30
+    from seraphim.scheduler.launchers import process_alive
+
+    while any(process_alive(p) for p in pids):
+        assert time.monotonic() < deadline, "processes outlived the cancelled job"
+        time.sleep(0.2)
+
+
+def test_a_restarted_scheduler_knows_its_jobs_and_running_jobs_carry_on(tmp_path, scheduler_factory):
+    sched = scheduler_factory("sched")
+    with sched.client() as client:
+        first = client.submit(yaml.safe_dump(tiny_job("first", steps=30, workers=1, ps=1)), "local", str(tmp_path))
+        wait_for(client, first.job_id, done)
+        second = client.submit(yaml.safe_dump(tiny_job("second", steps=600, workers=1, ps=1)), "local",
+                               str(tmp_path))
+        wait_for(client, second.job_id, lambda s: s.step >= 20)
+    sched.kill()  # SIGKILL mid-run: its job's processes keep going
+    time.sleep(1.0)
+    again = scheduler_factory("sched", port=sched.port)
+    with again.client() as client:
+        states = {s.job_id: STATE(s.state) for s in client.jobs()}
+        assert states[first.job_id] == "SUCCEEDED"
+        status = wait_for(client, second.job_id, done, timeout=180)
+        assert status.restarts == 0
+        third = client.submit(yaml.safe_dump(tiny_job("third", steps=20, workers=1, ps=1)), "local", str(tmp_path))
+        wait_for(client, third.job_id, done)
+        events = "".join(c.text for c in client.logs(second.job_id, source="job"))
+    assert "scheduler restarted" in events
+    listed = cli("jobs", "--scheduler", again.address, "--token-file", str(again.token_file)).stdout
+    assert all(j in listed for j in (first.job_id, second.job_id, third.job_id))
