@@ -6,11 +6,13 @@ sends each shard (unique keys up, their rows down for a pull; unique keys and me
 and (b) a parameter server on ``torch.distributed.rpc`` built as PyTorch's tutorial builds one, sharded like ours.
 Rows/s counts the rows the caller asked for (repeats included); MB/s is those rows times dim x 4 bytes.
 
-All three systems are started and warmed up first, then measured in interleaved rounds (the batches split into
---rounds slices, the system order rotating each round); a figure is the median over the rounds of that round's
-rate, so a burst of load from elsewhere on the host skews neither one system nor the result.
+All three systems are started and warmed up first, then measured in interleaved rounds (each of --passes passes
+over the batches split into --rounds slices, the system order rotating each round); a figure is the median over
+the rounds of that round's rate, so a burst of load from elsewhere on the host skews neither one system nor the result. While one system is
+measured the processes of the others are paused (SIGSTOP), because idle is not free for all of them: torch's
+TensorPipe agents poll, about 15% of a core per process here.
 
-    python bench/ps_throughput.py [--batches 50] [--rounds 5] [--profile]
+    python bench/ps_throughput.py [--batches 50] [--rounds 5] [--passes 3] [--profile]
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ Op = Callable[[int, int], float]
 
 
 @dataclass
+class System:
+    """A started, warmed-up system: its measured operations and the server processes it runs."""
+
+    ops: dict[str, Op]
+    pids: list[int]
+
+
+@dataclass
 class Workload:
     """The key batches every system sees, one gradient block pushed with each batch, and the key union."""
 
@@ -85,7 +95,7 @@ def make_workload(args: argparse.Namespace) -> Workload:
 
 # -- Seraphim ------------------------------------------------------------------------------------------------------
 @contextmanager
-def seraphim_system(work: Workload, args: argparse.Namespace) -> Iterator[dict[str, Op]]:
+def seraphim_system(work: Workload, args: argparse.Namespace) -> Iterator[System]:
     """Our PS client used as a user would (pull; push; push_async + flush) against 2 LocalCluster shards."""
     spec = PSProcessSpec(num_ps=NUM_SHARDS, ram_mb=args.ram_mb, page_kb=args.page_kb)
     profiler = cProfile.Profile() if args.profile else None
@@ -112,9 +122,11 @@ def seraphim_system(work: Workload, args: argparse.Namespace) -> Iterator[dict[s
                         profiler.disable()
             return op
 
-        yield {"pull": measured(lambda lo, hi: time_each(table.pull, work.batches[lo:hi])),
-               "push": measured(lambda lo, hi: time_each(lambda k: table.push(k, work.grads), work.batches[lo:hi])),
-               "push_pipelined": measured(lambda lo, hi: time_each(push_pipelined, [work.batches[lo:hi]]))}
+        yield System({
+            "pull": measured(lambda lo, hi: time_each(table.pull, work.batches[lo:hi])),
+            "push": measured(lambda lo, hi: time_each(lambda k: table.push(k, work.grads), work.batches[lo:hi])),
+            "push_pipelined": measured(lambda lo, hi: time_each(push_pipelined, [work.batches[lo:hi]]))},
+            [p.pid for p in cluster.ps_procs if p is not None])
     if profiler:
         print("\n# cProfile of the Seraphim client (pull, push, pipelined push), by own time:", file=sys.stderr)
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
@@ -156,7 +168,7 @@ def echo_payloads(work: Workload) -> tuple[list[list[bytes]], list[list[bytes]]]
 
 
 @contextmanager
-def grpc_echo_system(work: Workload, args: argparse.Namespace) -> Iterator[dict[str, Op]]:
+def grpc_echo_system(work: Workload, args: argparse.Namespace) -> Iterator[System]:
     """Two echo processes called at once per batch with precomputed payloads: no routing, merging or codec."""
     pulls, pushes = echo_payloads(work)
     stop, ports = _SPAWN.Event(), _SPAWN.Queue()
@@ -177,8 +189,9 @@ def grpc_echo_system(work: Workload, args: argparse.Namespace) -> Iterator[dict[
         for pull, push in zip(pulls[:5], pushes[:5]):
             both(pull_calls, pull)
             both(push_calls, push)
-        yield {"pull": lambda lo, hi: time_each(lambda p: both(pull_calls, p), pulls[lo:hi]),
-               "push": lambda lo, hi: time_each(lambda p: both(push_calls, p), pushes[lo:hi])}
+        yield System({"pull": lambda lo, hi: time_each(lambda p: both(pull_calls, p), pulls[lo:hi]),
+                      "push": lambda lo, hi: time_each(lambda p: both(push_calls, p), pushes[lo:hi])},
+                     [p.pid for p in procs])
     finally:
         for c in channels:
             c.close()
@@ -286,7 +299,7 @@ def _torch_trainer_main(port: int, work: Workload, num_keys: int, seed: int, con
 
 
 @contextmanager
-def torch_rpc_system(work: Workload, args: argparse.Namespace) -> Iterator[dict[str, Op]]:
+def torch_rpc_system(work: Workload, args: argparse.Namespace) -> Iterator[System]:
     """Trainer and 2 PS as spawned processes in one RPC group; the trainer runs the rounds this process asks for."""
     port = _free_port()
     conn, child_conn = _SPAWN.Pipe()
@@ -313,7 +326,7 @@ def torch_rpc_system(work: Workload, args: argparse.Namespace) -> Iterator[dict[
         for p in procs:
             p.start()
         answer()
-        yield {"pull": op("pull"), "push": op("push")}
+        yield System({"pull": op("pull"), "push": op("push")}, [p.pid for p in procs])
     finally:
         if procs[-1].is_alive():
             conn.send(None)
@@ -325,6 +338,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    """Pause (SIGSTOP) or resume (SIGCONT) processes; one that has already exited is skipped."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _stop_processes(procs: list[Any]) -> None:
@@ -353,7 +375,8 @@ def ratios(figures: dict[str, float], peer: str, name: str) -> dict[str, float]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=50, help="measured pull batches (and as many pushes)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the batches are split into")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds each pass over the batches is split into")
+    p.add_argument("--passes", type=int, default=3, help="passes over the same batches (rounds = passes x rounds)")
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--num-keys", type=int, default=10_000_000)
     p.add_argument("--alpha", type=float, default=1.1, help="Zipf exponent of key popularity")
@@ -370,6 +393,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--systems: unknown {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     if not 1 <= args.rounds <= args.batches:
         p.error(f"--rounds must be in [1, --batches={args.batches}], got {args.rounds}")
+    if args.passes < 1:
+        p.error(f"--passes must be at least 1, got {args.passes}")
     return args
 
 
@@ -387,17 +412,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {args.batches} batches x {args.batch_size} keys, Zipf({args.alpha}) over {args.num_keys:,} keys, "
           f"dim {args.dim} float32, {NUM_SHARDS} shards; {distinct:.1%} of a batch's keys are distinct, "
           f"{len(work.touched):,} keys touched; MB = 10^6 bytes of requested rows; figures are medians over "
-          f"{args.rounds} interleaved rounds", flush=True)
+          f"{args.passes} x {args.rounds} interleaved rounds", flush=True)
     starters = {"seraphim": seraphim_system, "grpc_echo": grpc_echo_system, "torch_rpc": torch_rpc_system}
     round_rates: dict[str, list[float]] = defaultdict(list)
     with ExitStack() as stack:
         systems = {name: stack.enter_context(starters[name](work, args)) for name in names}
         print(f"# started and warmed up in {time.perf_counter() - started:.1f} s", flush=True)
+        every_pid = [pid for system in systems.values() for pid in system.pids]
+        stack.callback(_signal, every_pid, signal.SIGCONT)  # unwinds first: the systems then stop running processes
+        _signal(every_pid, signal.SIGSTOP)
         bounds = np.linspace(0, args.batches, args.rounds + 1).astype(int)
-        for r, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for r, (lo, hi) in enumerate(list(zip(bounds[:-1], bounds[1:])) * args.passes):
             for name in names[r % len(names):] + names[:r % len(names)]:
-                for op, run in systems[name].items():
+                _signal(systems[name].pids, signal.SIGCONT)
+                for op, run in systems[name].ops.items():
                     round_rates[f"{name}_{op}"].append((hi - lo) * args.batch_size / run(int(lo), int(hi)))
+                _signal(systems[name].pids, signal.SIGSTOP)
     figures: dict[str, float] = {}
     for key, per_round in round_rates.items():
         figures.update(rates(key, float(np.median(per_round)), work.row_bytes))

@@ -352,8 +352,15 @@ class Master:
                                             step=n.step) for n in nodes])
 
     def close(self) -> None:
+        """Stop watching; processes of jobs that just ended get their grace period, then SIGKILL."""
         self._closed.set()
         self._monitor.join(timeout=5)
+        for job_id, deadline in list(self._stopping.items()):
+            nodes = self.store.nodes(job_id)
+            while any(self.launcher.alive(n) for n in nodes) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for node in nodes:
+                self.launcher.signal(node, signal.SIGKILL)
         for thread in self._report_threads:
             thread.join(timeout=60)
         for writer in self._writers.values():

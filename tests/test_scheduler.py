@@ -213,3 +213,48 @@ def test_a_restarted_scheduler_knows_its_jobs_and_running_jobs_carry_on(tmp_path
     assert "scheduler restarted" in events
     listed = cli("jobs", "--scheduler", again.address, "--token-file", str(again.token_file)).stdout
     assert all(j in listed for j in (first.job_id, second.job_id, third.job_id))
+
+
+def test_ctrl_c_on_run_cancels_the_job_and_stops_every_process(tmp_path):
+    job = write_job(tmp_path, tiny_job("interrupted", steps=100_000))
+    proc = subprocess.Popen([sys.executable, "-m", "seraphim.scheduler.cli", "run", str(job), "--runs-dir",
+                             str(tmp_path / "runs")], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    db = tmp_path / "runs" / ".scheduler" / "scheduler.db"
+    metrics = tmp_path / "runs" / "interrupted" / "metrics"
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and any(metrics.iterdir())):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        import sqlite3
+
+        with sqlite3.connect(db) as conn:
+            pids = [pid for (pid,) in conn.execute("SELECT pid FROM nodes")]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+        from seraphim.scheduler.launchers import process_alive
+
+        assert len(pids) == 4 and not any(process_alive(p) for p in pids)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_logs_follow_streams_until_the_job_ends(tmp_path, scheduler_factory):
+    sched = scheduler_factory()
+    with sched.client() as client:
+        job_id = client.submit(yaml.safe_dump(tiny_job("chatty", steps=30, workers=1, ps=1)), "local",
+                               str(tmp_path)).job_id
+    result = cli("logs", job_id, "--follow", "--scheduler", sched.address, "--token-file", str(sched.token_file))
+    assert result.returncode == 0
+    assert "[job]" in result.stdout and "job SUCCEEDED" in result.stdout and "[worker-0]" in result.stdout
+    only = cli("logs", job_id, "--source", "nope", "--scheduler", sched.address, "--token-file",
+               str(sched.token_file))
+    assert only.returncode != 0 and "has no log 'nope'" in only.stderr
