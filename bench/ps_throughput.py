@@ -8,9 +8,9 @@ Rows/s counts the rows the caller asked for (repeats included); MB/s is those ro
 
 All three systems are started and warmed up first, then measured in interleaved rounds (each of --passes passes
 over the batches split into --rounds slices, the system order rotating each round); a figure is the median over
-the rounds of that round's rate, so a burst of load from elsewhere on the host skews neither one system nor the result. While one system is
-measured the processes of the others are paused (SIGSTOP), because idle is not free for all of them: torch's
-TensorPipe agents poll, about 15% of a core per process here.
+the rounds of that round's rate, so a burst of load from elsewhere on the host skews neither one system nor the
+result. While one system is measured the processes of the others are paused (SIGSTOP), because idle is not free
+for all of them: torch's TensorPipe agents poll, about 15% of a core per process here.
 
     python bench/ps_throughput.py [--batches 50] [--rounds 5] [--passes 3] [--profile]
 """
@@ -111,7 +111,7 @@ def seraphim_system(work: Workload, args: argparse.Namespace) -> Iterator[System
                 table.push_async(keys, work.grads)
             ps.flush()
 
-        def measured(fn: Callable[[int, int], float]) -> Op:
+        def measured(fn: Op) -> Op:
             def op(lo: int, hi: int) -> float:
                 if profiler:
                     profiler.enable()
@@ -291,7 +291,6 @@ def _torch_trainer_main(port: int, work: Workload, num_keys: int, seed: int, con
         while (command := conn.recv()) is not None:
             op, lo, hi = command
             conn.send(time_each(ops[op], work.batches[lo:hi]))
-        del shards, client
     except BaseException:
         conn.send(("error", traceback.format_exc()))
     finally:

@@ -4,8 +4,9 @@ Named databases:
   meta    page_bytes, clock, next_tid
   tables  table id (4 B big-endian) -> JSON header + NUL + opaque table spec
   pages   table id + page number (4 + 8 B big-endian, so a table's pages sort) -> one page (page_bytes).
-          Values are page-sized on purpose: LMDB stores them in overflow pages, so one get/put moves a whole
-          page; page_bytes = k * 4096 - 16 fills the overflow pages exactly.
+          Values are page-sized on purpose: one get/put moves a whole page. Values over about 2 KB go to
+          LMDB overflow pages, and page_bytes = k * 4096 - 16 fills them exactly (4080: one LMDB page);
+          smaller values sit inline in the B-tree leaves.
   keys    table id + chunk number -> up to KEY_CHUNK little-endian int64 keys (a sparse table's keys_by_slot)
   undo    page key -> that page's bytes at the last snapshot, or b"" when the page was created after it
 The LMDB keys of `pages` are the page-existence record: recovery rebuilds it with a key-only cursor pass.

@@ -258,3 +258,17 @@ def test_logs_follow_streams_until_the_job_ends(tmp_path, scheduler_factory):
     only = cli("logs", job_id, "--source", "nope", "--scheduler", sched.address, "--token-file",
                str(sched.token_file))
     assert only.returncode != 0 and "has no log 'nope'" in only.stderr
+
+
+def test_kubernetes_launcher_renders_the_job_and_waits_for_its_pods(tmp_path, scheduler_factory):
+    sched = scheduler_factory()
+    with sched.client() as client:
+        status = client.submit(yaml.safe_dump(tiny_job("on-k8s", image="registry.example/seraphim:1")),
+                               "kubernetes", str(tmp_path))
+        assert STATE(client.job(status.job_id).state) == "PENDING"
+    objects = list(yaml.safe_load_all((Path(status.run_dir) / "kubernetes.yaml").read_text()))
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == ["Job", "Service", "StatefulSet"]
+    stateful = next(o for o in objects if o["kind"] == "StatefulSet")
+    assert stateful["spec"]["replicas"] == 2
+    assert stateful["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/seraphim:1"

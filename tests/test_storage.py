@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 
+import lmdb
 import numpy as np
 import pytest
 
@@ -206,6 +207,27 @@ def test_drop_table_frees_frames_and_pages(tmp_path):
     reopened = small_store(tmp_path / "s")
     try:
         assert reopened.tables() == {"b": b"", "a": b"new"}
+    finally:
+        reopened.close()
+
+
+def test_snapshot_mode_drop_takes_effect_at_the_next_snapshot(tmp_path):
+    store = small_store(tmp_path / "s")
+    store.create_table("a", ROW, 10 * RPP, b"", random_init)
+    store.scatter("a", np.arange(10 * RPP), np.ones((10 * RPP, ROW), dtype=np.uint8))
+    store.snapshot(clock=1)
+    store.drop_table("a")
+    store.snapshot(clock=2)
+    store.close()
+    env = lmdb.open(str(tmp_path / "s"), max_dbs=8, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            assert txn.stat(env.open_db(b"pages", txn=txn))["entries"] == 0
+    finally:
+        env.close()
+    reopened = small_store(tmp_path / "s")
+    try:
+        assert reopened.tables() == {} and reopened.restored_clock == 2
     finally:
         reopened.close()
 
