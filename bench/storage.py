@@ -9,9 +9,11 @@ the ratios come from one run.
     python bench/storage.py [--keys N] [--dim 64] [--ops K] [--page-bytes B]
 
 Page size: hot keys are scattered over the slots, so every row a page drags in beside a hot one is RAM
-spent on cold data; small pages win on hit rate. 4080 bytes (5 rows, exactly one LMDB overflow page) is
-the default; 768 (one row) measured about the same ratio with a slower populate, 16 KiB and 64 KiB pages
-fell far below it.
+spent on cold data; small pages win on hit rate. 4080 bytes (5 rows, exactly one LMDB overflow page) gave
+the fastest out-of-core and in-RAM runs and is the default; 768 (one row per page) gives a higher ratio,
+mostly because its in-RAM baseline is slower (4x the frames); 16 KiB and 64 KiB pages fall far behind.
+Every page the Zipf tail brings in is updated at once, so every eviction writes a page: out of core, the
+LMDB write per miss is the cost, and on a slow disk the page cache only hides it for a while.
 """
 
 from __future__ import annotations
@@ -129,7 +131,9 @@ def main() -> None:
             raw_batches = 0
             for c, start in enumerate(range(0, len(batches), CHUNK)):
                 chunk = batches[start : start + CHUNK]
-                for name, step in steps.items():
+                # alternate the order, so the slice right after an out-of-core slice (which may still have its
+                # writer thread cleaning) belongs to either contender equally often
+                for name, step in sorted(steps.items(), reverse=c % 2 == 1):
                     seconds[name] += time_each(step, chunk)
                 if c < RAW_CHUNKS:
                     seconds["raw_lmdb_get"] += time_each(raw_get(env, row_bytes), chunk)

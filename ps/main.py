@@ -22,6 +22,7 @@ from typing import Callable
 from seraphim.proto import ps_pb2_grpc
 from seraphim.proto.agent import SchedulerAgent
 from seraphim.proto.errors import SeraphimError
+from seraphim.proto.port_file import write_port_file
 from seraphim.proto.rpc import MAX_MESSAGE_BYTES, TlsFiles, make_server, resolve_token
 from seraphim.ps.config import PSConfig
 from seraphim.ps.server import ParameterServer
@@ -95,13 +96,6 @@ def serve(config: PSConfig, stop: threading.Event, on_serving: Callable[[int], N
         log.info("ps %d stopped; pages flushed", config.shard)
 
 
-def _write_port(path: Path | None, port: int) -> None:
-    if path:
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(str(port))
-        tmp.replace(path)
-
-
 def _managed(a: argparse.Namespace, config: PSConfig, stop: threading.Event) -> int:
     tls = TlsFiles(ca=a.tls_ca, server_name=a.tls_server_name) if a.tls_ca else None
     agent = SchedulerAgent(a.scheduler, a.job, "ps", config.shard, token=config.token, tls=tls)
@@ -113,7 +107,7 @@ def _managed(a: argparse.Namespace, config: PSConfig, stop: threading.Event) -> 
     advertise = a.advertise or (socket.gethostname() if a.host in ("0.0.0.0", "::") else a.host)
 
     def on_serving(port: int) -> None:
-        _write_port(a.port_file, port)
+        write_port_file(a.port_file, port)
         agent.register(address=f"{advertise}:{port}")
         agent.start(on_stop=stop.set)
 
@@ -142,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--scheduler needs --job (the id of the job this PS serves)")
             return _managed(a, config, stop)
         config.validate()
-        serve(config, stop, lambda port: _write_port(a.port_file, port))
+        serve(config, stop, lambda port: write_port_file(a.port_file, port))
     except ValueError as exc:
         print(f"seraphim ps: {exc}", file=sys.stderr)
         return 2

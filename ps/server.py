@@ -161,6 +161,8 @@ class ParameterServer:
             pid=os.getpid(), uptime_s=time.monotonic() - self.started, tables=sorted(self.tables))
 
     def close(self) -> None:
+        """A clean stop keeps everything: snapshot at the current clock, then close (a crash keeps the last one)."""
+        self.store.snapshot(self.clocks.min_clock)
         self.store.close()
 
 

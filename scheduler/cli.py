@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ from seraphim.proto import scheduler_pb2
 from seraphim.proto.errors import SeraphimError
 from seraphim.proto.rpc import TlsFiles, resolve_token
 from seraphim.scheduler.client import SchedulerClient, default_address
+from seraphim.scheduler.embedded import SchedulerProcess
 from seraphim.scheduler.job_spec import JobSpecError, load_job
 from seraphim.scheduler.master import TERMINAL
 from seraphim.scheduler.progress import ProgressBar
@@ -49,44 +48,13 @@ def _storage_root(path: str) -> Path:
     return root
 
 
-class EmbeddedScheduler:
-    """A scheduler process for one `seraphim run`, on a free loopback port, stopped on exit."""
-
-    def __init__(self, data_dir: Path, heartbeat_timeout_s: float) -> None:
-        self.data_dir = data_dir
-        port_file = data_dir / "scheduler.port"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        port_file.unlink(missing_ok=True)
-        self.log = open(data_dir / "scheduler.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "seraphim.scheduler.cli", "scheduler", "start", "--data-dir", str(data_dir),
-             "--port", "0", "--port-file", str(port_file), "--heartbeat-timeout", str(heartbeat_timeout_s)],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = (data_dir / "scheduler.log").read_text(errors="replace").strip().splitlines()[-1:]
-                raise CLIError(f"the scheduler did not start: {tail[0] if tail else 'no output'}")
-            time.sleep(0.05)
-        self.address = f"127.0.0.1:{port_file.read_text()}"
-        self.token = (data_dir / "token").read_text().strip()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     spec, _ = load_job(args.job)
     root = _storage_root(args.runs_dir or spec.storage.dir)
-    scheduler = EmbeddedScheduler(root / ".scheduler", args.heartbeat_timeout)
+    try:
+        scheduler = SchedulerProcess(root / ".scheduler", heartbeat_timeout_s=args.heartbeat_timeout)
+    except RuntimeError as exc:
+        raise CLIError(str(exc)) from None
     client = SchedulerClient(scheduler.address, token=scheduler.token)
     job_id = ""
     try:

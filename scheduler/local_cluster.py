@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Sequence
 
-from seraphim.proto.errors import DeadlineExceeded
+from seraphim.proto.port_file import wait_for_port_file
 
 
 @dataclass
@@ -77,16 +77,8 @@ class LocalCluster:
         log = self._log(f"ps-{shard}")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
         self.ps_procs[shard] = proc
-        deadline = time.monotonic() + self.start_timeout_s
-        while not port_file.exists():
-            if proc.poll() is not None:
-                raise RuntimeError(f"ps {shard} exited with code {proc.returncode} before serving; see "
-                                   f"{self.log_dir / f'ps-{shard}.log'}:\n{self.tail(f'ps-{shard}')}")
-            if time.monotonic() > deadline:
-                raise DeadlineExceeded(f"ps {shard} did not serve within {self.start_timeout_s:.0f}s; see "
-                                       f"{self.log_dir / f'ps-{shard}.log'}")
-            time.sleep(0.05)
-        self.ports[shard] = int(port_file.read_text())
+        self.ports[shard] = wait_for_port_file(proc, port_file, self.start_timeout_s, f"ps {shard}",
+                                               self.log_dir / f"ps-{shard}.log")
 
     def start(self) -> "LocalCluster":
         self.data_dir.mkdir(parents=True, exist_ok=True)

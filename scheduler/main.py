@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from seraphim.proto import scheduler_pb2_grpc
+from seraphim.proto.port_file import write_port_file
 from seraphim.proto.rpc import TlsFiles, make_server, resolve_token
 from seraphim.scheduler.launchers import LocalLauncher
 from seraphim.scheduler.master import Master
@@ -72,10 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(master), server)
     server.start()
     log.info("scheduler serving on %s:%d (data %s)", a.host, port, a.data_dir)
-    if a.port_file:
-        tmp = Path(str(a.port_file) + ".tmp")
-        tmp.write_text(str(port))
-        tmp.replace(a.port_file)
+    write_port_file(a.port_file, port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

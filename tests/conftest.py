@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+import os
+import signal
+import sqlite3
+
+from seraphim.scheduler.client import SchedulerClient
+from seraphim.scheduler.embedded import SchedulerProcess
 from seraphim.scheduler.local_cluster import LocalCluster, PSProcessSpec
 
 
@@ -27,50 +33,16 @@ def two_ps(cluster_factory):
     return cluster_factory(num_ps=2, num_workers=1, ram_mb=8, page_kb=64)
 
 
-class SchedulerProcess:
-    """A real `seraphim scheduler start` process on loopback, for tests."""
+class SchedulerUnderTest(SchedulerProcess):
+    """A real scheduler process for tests: a client, SIGKILL, and the pids of every job process it launched."""
 
-    def __init__(self, data_dir, port: int = 0, heartbeat_timeout: float = 3.0, extra=()) -> None:
-        import subprocess
-        import sys
-        import time
-
-        self.data_dir = data_dir
-        port_file = data_dir / "port"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        port_file.unlink(missing_ok=True)
-        self.log = open(data_dir / "scheduler.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "seraphim.scheduler.cli", "scheduler", "start", "--data-dir", str(data_dir),
-             "--port", str(port), "--port-file", str(port_file), "--heartbeat-timeout", str(heartbeat_timeout),
-             *extra], stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            assert self.proc.poll() is None, (data_dir / "scheduler.log").read_text()
-            assert time.monotonic() < deadline, "scheduler did not start"
-            time.sleep(0.05)
-        self.port = int(port_file.read_text())
-        self.address = f"127.0.0.1:{self.port}"
-        self.token_file = data_dir / "token"
-        self.token = self.token_file.read_text().strip()
-
-    def client(self, **kw):
-        from seraphim.scheduler.client import SchedulerClient
-
+    def client(self, **kw) -> SchedulerClient:
         return SchedulerClient(self.address, token=self.token, **kw)
 
-    def kill(self, sig=None) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig or signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self.log.close()
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
 
     def job_pids(self) -> list[int]:
-        """Every process the scheduler has launched for any job, from its store."""
-        import sqlite3
-
         db = sqlite3.connect(self.data_dir / "scheduler.db")
         try:
             return [pid for (pid,) in db.execute("SELECT pid FROM nodes WHERE pid > 0")]
@@ -81,13 +53,10 @@ class SchedulerProcess:
 @pytest.fixture
 def scheduler_factory(tmp_path):
     """Start scheduler processes; at teardown kill them and every job process they launched."""
-    import os
-    import signal
+    started: list[SchedulerUnderTest] = []
 
-    started: list[SchedulerProcess] = []
-
-    def make(name: str = "sched", **kw) -> SchedulerProcess:
-        sched = SchedulerProcess(tmp_path / name, **kw)
+    def make(name: str = "sched", port: int = 0, heartbeat_timeout: float = 3.0, extra=()) -> SchedulerUnderTest:
+        sched = SchedulerUnderTest(tmp_path / name, port=port, heartbeat_timeout_s=heartbeat_timeout, extra_args=extra)
         started.append(sched)
         return sched
 

@@ -206,3 +206,16 @@ def test_a_table_larger_than_the_ram_budget_spills_and_stays_correct(cluster_fac
         stats = ps.stats()
         assert all(s.ram_used <= s.ram_budget for s in stats)
         assert sum(tab.bytes_disk for s in stats for tab in s.tables) > 4 * sum(s.ram_budget for s in stats)
+
+
+def test_a_clean_stop_keeps_every_update(cluster_factory):
+    import signal
+
+    cluster = cluster_factory(num_ps=1, snapshot_every=0, ram_mb=4, page_kb=64)
+    keys = np.arange(100, dtype=np.int64)
+    with PSClient(cluster.addresses, retry_s=60) as ps:
+        t = ps.sparse_table("kept", dim=4, init=Zeros(), optimizer=SGD(lr=1.0))
+        t.push(keys, np.ones((100, 4), np.float32))  # no clock, no periodic snapshot: only the stop saves it
+        cluster.kill_ps(0, signal.SIGTERM)
+        cluster.start_ps(0)
+        np.testing.assert_array_equal(t.pull(keys), -np.ones((100, 4), np.float32))
