@@ -125,7 +125,7 @@ class SchedulerAgent:
         self._thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
         self._thread.start()
 
-    def finish(self, state: str = "DONE", message: str = "", timeout_s: float = 30.0) -> None:
+    def finish(self, state: str = "DONE", message: str = "", timeout_s: float = 5.0) -> None:
         """Stop heartbeating and tell the scheduler how this process ended (metrics first)."""
         self._closed.set()
         if self._thread is not None and self._thread is not threading.current_thread():

@@ -29,7 +29,7 @@ class SchedulerProcess:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             self.port = wait_for_port_file(self.proc, port_file, start_timeout_s, "the scheduler", self.log_path)
-        except RuntimeError:
+        except BaseException:  # Ctrl-C while it starts too: never leave it running
             self.stop()
             raise
         self.address = f"127.0.0.1:{self.port}"

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    server.stop(grace=2).wait()
     master.close()
+    server.stop(grace=2).wait()
     log.info("scheduler stopped")
     return 0

@@ -44,7 +44,7 @@ class Master:
         self._writers: dict[tuple[str, int], MetricsWriter] = {}
         self._job_logs: dict[str, Path] = {}
         self._report_threads: list[threading.Thread] = []
-        self._stopping: dict[str, float] = {}
+        self._stopping: dict[str, tuple[float, float]] = {}  # job -> (SIGTERM at, SIGKILL at), monotonic
         self._closed = threading.Event()
         self._adopt_running_jobs()
         self._monitor = threading.Thread(target=self._watch, name="monitor", daemon=True)
@@ -280,10 +280,9 @@ class Master:
                 writer.close()
                 del self._writers[(job_id, rank)]
         self._write_reports(job)
-        if job.launcher == "local":
-            for node in self.store.nodes(job.job_id):
-                self.launcher.signal(node, signal.SIGTERM)
-            self._stopping[job.job_id] = time.monotonic() + self.stop_grace_s
+        if job.launcher == "local":  # heartbeats answer stop now; SIGTERM after a grace, SIGKILL after two
+            now = time.monotonic()
+            self._stopping[job.job_id] = (now + self.stop_grace_s / 2, now + self.stop_grace_s)
 
     def _write_reports(self, job: JobRow) -> None:
         """Metrics CSV, TensorBoard and plot, on a thread of their own: heartbeats must not wait for a plot."""
@@ -320,11 +319,21 @@ class Master:
                     why = self._dead(job, node, now)
                     if why:
                         self._failure(job, node, why)
-            for job_id, deadline in list(self._stopping.items()):
-                if time.monotonic() > deadline:
-                    for node in self.store.nodes(job_id):
-                        self.launcher.signal(node, signal.SIGKILL)
+            for job_id in list(self._stopping):
+                if self._stop_step(job_id):
                     del self._stopping[job_id]
+
+    def _stop_step(self, job_id: str) -> bool:
+        """Escalate the stop of an ended job's processes; True once none is left."""
+        term_at, kill_at = self._stopping[job_id]
+        alive = [n for n in self.store.nodes(job_id) if self.launcher.alive(n)]
+        now = time.monotonic()
+        for node in alive:
+            if now > kill_at:
+                self.launcher.signal(node, signal.SIGKILL)
+            elif now > term_at:
+                self.launcher.signal(node, signal.SIGTERM)
+        return not alive or now > kill_at
 
     def _dead(self, job: JobRow, node: NodeRow, now: float) -> str:
         if node.state not in ("STARTING", "RUNNING"):
@@ -352,15 +361,13 @@ class Master:
                                             step=n.step) for n in nodes])
 
     def close(self) -> None:
-        """Stop watching; processes of jobs that just ended get their grace period, then SIGKILL."""
+        """Stop watching; processes of jobs that just ended get their grace period (call before the server stops,
+        so they can still report their end), then SIGKILL."""
         self._closed.set()
         self._monitor.join(timeout=5)
-        for job_id, deadline in list(self._stopping.items()):
-            nodes = self.store.nodes(job_id)
-            while any(self.launcher.alive(n) for n in nodes) and time.monotonic() < deadline:
+        for job_id in list(self._stopping):
+            while not self._stop_step(job_id):
                 time.sleep(0.1)
-            for node in nodes:
-                self.launcher.signal(node, signal.SIGKILL)
         for thread in self._report_threads:
             thread.join(timeout=60)
         for writer in self._writers.values():

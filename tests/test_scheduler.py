@@ -76,6 +76,13 @@ def test_run_leaves_metrics_plot_checkpoints_and_logs(tmp_path):
         assert (run_dir / path).exists(), path
     assert steps_recorded(run_dir, 1) == set(range(40))
     assert "succeeded" in result.stderr
+    import sqlite3
+
+    from seraphim.scheduler.launchers import process_alive
+
+    with sqlite3.connect(tmp_path / "runs" / ".scheduler" / "scheduler.db") as db:
+        pids = [pid for (pid,) in db.execute("SELECT pid FROM nodes")]
+    assert len(pids) == 4 and not any(process_alive(p) for p in pids)  # nothing outlives `seraphim run`
     again = cli("run", str(job), "--runs-dir", str(tmp_path / "runs"))
     assert again.returncode == 0 and (tmp_path / "runs" / "tiny-2" / "plot.png").exists()  # the first run untouched
     assert (run_dir / "plot.png").stat().st_mtime < (tmp_path / "runs" / "tiny-2" / "plot.png").stat().st_mtime
