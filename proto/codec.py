@@ -6,9 +6,12 @@ InvalidArgument naming what was wrong rather than a garbled array.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
-from seraphim.proto import common_pb2
+from seraphim.proto import common_pb2, ps_pb2
 from seraphim.proto.errors import InvalidArgument
 
 #: wire dtype name -> numpy dtype of the bytes as they travel (bfloat16 as its uint16 bits, bytes as uint8)
@@ -33,7 +36,7 @@ def encode_keys(keys: np.ndarray) -> bytes:
     return arr.tobytes()
 
 
-def decode_keys(data: bytes) -> np.ndarray:
+def decode_keys(data: bytes | memoryview) -> np.ndarray:
     """Keys from little-endian int64 bytes: a read-only view of the buffer."""
     if len(data) % 8:
         raise InvalidArgument(f"keys payload has {len(data)} bytes, not a multiple of 8 (int64 keys)")
@@ -42,24 +45,193 @@ def decode_keys(data: bytes) -> np.ndarray:
 
 def encode_array(arr: np.ndarray, dtype: str | None = None) -> common_pb2.Tensor:
     """A Tensor message for `arr`; pass dtype='bfloat16' or 'bytes' for arrays that carry those as raw bits."""
+    name, wire = _wire_array(arr, dtype)
+    return common_pb2.Tensor(dtype=name, shape=list(wire.shape), data=wire.tobytes())
+
+
+def _wire_array(arr: np.ndarray, dtype: str | None) -> tuple[str, np.ndarray]:
+    """The wire dtype name of `arr` and its bytes as a C-contiguous array of the same shape (a view if they are)."""
     arr = np.asarray(arr)
     name = dtype or _NAME_OF.get(arr.dtype.name)
     if name not in WIRE_DTYPES:
         raise InvalidArgument(f"dtype {arr.dtype} cannot travel; allowed: {sorted(WIRE_DTYPES)}")
-    wire = np.ascontiguousarray(arr, dtype=WIRE_DTYPES[name])
-    return common_pb2.Tensor(dtype=name, shape=list(arr.shape), data=wire.tobytes())
+    return name, np.ascontiguousarray(arr, dtype=WIRE_DTYPES[name]).reshape(arr.shape)
 
 
 def decode_array(msg: common_pb2.Tensor) -> np.ndarray:
     """The array a Tensor message carries, as a read-only view of its bytes, checked against dtype and shape."""
-    if msg.dtype not in WIRE_DTYPES:
-        raise InvalidArgument(f"tensor dtype {msg.dtype!r} is unknown; allowed: {sorted(WIRE_DTYPES)}")
-    shape = tuple(int(s) for s in msg.shape)
+    return _checked_view(msg.dtype, tuple(int(s) for s in msg.shape), msg.data)
+
+
+def _checked_view(dtype: str, shape: tuple[int, ...], data: bytes | memoryview) -> np.ndarray:
+    if dtype not in WIRE_DTYPES:
+        raise InvalidArgument(f"tensor dtype {dtype!r} is unknown; allowed: {sorted(WIRE_DTYPES)}")
     if any(s < 0 for s in shape):
         raise InvalidArgument(f"tensor shape {shape} has a negative dimension")
-    wire = WIRE_DTYPES[msg.dtype]
+    wire = WIRE_DTYPES[dtype]
     expected = int(np.prod(shape, dtype=np.int64)) * wire.itemsize
-    if len(msg.data) != expected:
+    if len(data) != expected:
         raise InvalidArgument(
-            f"tensor payload has {len(msg.data)} bytes but dtype {msg.dtype} and shape {list(shape)} need {expected}")
-    return np.frombuffer(msg.data, dtype=wire).reshape(shape)
+            f"tensor payload has {len(data)} bytes but dtype {dtype} and shape {list(shape)} need {expected}")
+    return np.frombuffer(data, dtype=wire).reshape(shape)
+
+
+# -- protobuf wire bytes of the array-heavy messages, written and read by hand ---------------------------------------
+# A pull reply or a push request is nearly all one array. Through the generated classes that array is copied three
+# times on the way out (tobytes, into the message, serialization) and twice on the way in; here it goes out in one
+# copy (b"".join) and comes in as a view of the received bytes. The bytes are exactly what protobuf writes (fields
+# in number order, proto3 defaults omitted, shape packed), so either side may still use the generated classes.
+
+_VARINT, _LEN = 0, 2
+_U64 = (1 << 64) - 1
+
+
+def _varint(value: int) -> bytes:
+    value &= _U64  # a negative int32/int64 travels as 10-byte two's complement, as protobuf writes it
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _len_field(number: int, size: int) -> bytes:
+    return _varint(number << 3 | _LEN) + _varint(size)
+
+
+def _tensor_head(name: str, shape: tuple[int, ...], nbytes: int) -> bytes:
+    """Serialized Tensor fields up to its array bytes: dtype, packed shape, the data field's tag and length."""
+    head = _len_field(1, len(name)) + name.encode()
+    if shape:
+        packed = b"".join(_varint(int(s)) for s in shape)
+        head += _len_field(2, len(packed)) + packed
+    return head + (_len_field(3, nbytes) if nbytes else b"")
+
+
+def encode_pull_reply(values: np.ndarray, dtype: str | None = None) -> bytes:
+    """Wire bytes of ``PullReply(values=encode_array(values, dtype))``, the array copied once."""
+    name, wire = _wire_array(values, dtype)
+    head = _tensor_head(name, wire.shape, wire.nbytes)
+    return b"".join((_len_field(1, len(head) + wire.nbytes), head, wire))
+
+
+def encode_push_request(table: str, keys: np.ndarray, values: np.ndarray, mode: int, worker: int,
+                        dtype: str | None = None) -> bytes:
+    """Wire bytes of ``PushRequest(table=table, keys=encode_keys(keys), values=encode_array(values, dtype),
+    mode=mode, worker=worker)``, keys and values copied once."""
+    name, wire = _wire_array(values, dtype)
+    keys = np.ascontiguousarray(keys, dtype="<i8")
+    table_bytes = table.encode()
+    head = (_len_field(1, len(table_bytes)) + table_bytes if table_bytes else b"") + (
+        _len_field(2, keys.nbytes) if keys.nbytes else b"")
+    tensor = _tensor_head(name, wire.shape, wire.nbytes)
+    middle = _len_field(3, len(tensor) + wire.nbytes) + tensor
+    tail = (_varint(4 << 3) + _varint(mode) if mode else b"") + (_varint(5 << 3) + _varint(worker) if worker else b"")
+    return b"".join((head, keys, middle, wire, tail))
+
+
+def _read_varint(buf: bytes | memoryview, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < end and shift < 64:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise InvalidArgument(f"malformed protobuf message: the varint ending at byte {pos} is cut off or too long")
+
+
+def _fields(buf: memoryview) -> dict[int, int | memoryview] | None:
+    """Fields of a message: number -> int (varint) or a memoryview of its bytes (length-delimited, no copy).
+
+    None for a layout protobuf writes only when it concatenates messages (a field number repeats) or for a
+    fixed-width wire type: the caller then parses with the generated class, which handles every case.
+    """
+    fields: dict[int, int | memoryview] = {}
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _read_varint(buf, pos, end)
+        number, wire_type = key >> 3, key & 7
+        if number in fields or wire_type not in (_VARINT, _LEN):
+            return None
+        if wire_type == _VARINT:
+            fields[number], pos = _read_varint(buf, pos, end)
+            continue
+        size, pos = _read_varint(buf, pos, end)
+        if pos + size > end:
+            raise InvalidArgument(f"malformed protobuf message: field {number} needs {size} bytes, "
+                                  f"{end - pos} are left")
+        fields[number] = buf[pos:pos + size]
+        pos += size
+    return fields
+
+
+def _parse(cls: type, data: bytes | memoryview) -> Any:
+    try:
+        return cls.FromString(bytes(data))
+    except Exception as exc:  # protobuf's DecodeError has no stable import path
+        raise InvalidArgument(f"{cls.__name__} message does not parse: {exc}") from exc
+
+
+def _signed(value: int, bits: int) -> int:
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+def _tensor_view(data: memoryview) -> np.ndarray:
+    """decode_array of serialized Tensor bytes, as a read-only view of them (no message, no copy)."""
+    fields = _fields(data)
+    if fields is None:
+        return decode_array(_parse(common_pb2.Tensor, data))
+    dtype, packed, payload = fields.get(1, b""), fields.get(2, b""), fields.get(3, b"")
+    if isinstance(dtype, int) or isinstance(payload, int):
+        raise InvalidArgument("malformed Tensor message: dtype and data must be length-delimited fields")
+    if isinstance(packed, int):  # a single unpacked shape entry: protobuf parsers accept both encodings
+        shape = [packed]
+    else:
+        shape, pos = [], 0
+        while pos < len(packed):
+            value, pos = _read_varint(packed, pos, len(packed))
+            shape.append(value)
+    return _checked_view(bytes(dtype).decode(errors="replace"), tuple(_signed(s, 64) for s in shape), payload)
+
+
+def decode_pull_reply(data: bytes) -> np.ndarray:
+    """The array of a serialized PullReply, as a read-only view of `data`."""
+    fields = _fields(memoryview(data))
+    if fields is None:
+        msg = _parse(ps_pb2.PullReply, data)
+        fields = {1: memoryview(msg.values.SerializeToString())} if msg.HasField("values") else {}
+    values = fields.get(1)
+    if not isinstance(values, memoryview):
+        raise InvalidArgument("the pull reply carries no values")
+    return _tensor_view(values)
+
+
+@dataclass(frozen=True)
+class PushFields:
+    """A PushRequest as the PS uses it; keys and values are read-only views of the request bytes."""
+
+    table: str
+    keys: np.ndarray
+    values: np.ndarray
+    mode: int
+
+
+def decode_push_request(data: bytes) -> PushFields:
+    """table, keys, values and mode of a serialized PushRequest, keys and values not copied."""
+    fields = _fields(memoryview(data))
+    if fields is None:
+        msg = _parse(ps_pb2.PushRequest, data)
+        fields = {1: memoryview(msg.table.encode()), 2: memoryview(msg.keys), 4: int(msg.mode)}
+        if msg.HasField("values"):
+            fields[3] = memoryview(msg.values.SerializeToString())
+    table, keys, values, mode = fields.get(1, b""), fields.get(2, b""), fields.get(3), fields.get(4, 0)
+    if isinstance(table, int) or isinstance(keys, int) or not isinstance(mode, int):
+        raise InvalidArgument("malformed PushRequest: table and keys must be length-delimited fields, mode a varint")
+    name = bytes(table).decode(errors="replace")
+    if not isinstance(values, memoryview):
+        raise InvalidArgument(f"push to {name!r} carries no values")
+    return PushFields(name, decode_keys(keys), _tensor_view(values), _signed(mode, 32))

@@ -22,6 +22,7 @@ from seraphim.proto import common_pb2
 from seraphim.proto.errors import DataLoss, InvalidArgument, SeraphimError
 
 TOKEN_METADATA_KEY = "x-seraphim-token"
+Handler = Callable[..., Any]
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHUNK_BYTES = 4 * 1024 * 1024
 
@@ -99,6 +100,32 @@ class TokenInterceptor(grpc.ServerInterceptor):
         return _refusal(continuation(handler_call_details))
 
 
+def wire_handler(request: bool = False, reply: bool = False) -> Callable[[Handler], Handler]:
+    """Mark a unary servicer method that reads its request and/or writes its reply as protobuf wire bytes itself
+    (proto.codec does so for the array-heavy messages, copying the array once); a server from make_server then
+    hands it the request bytes and sends its reply bytes as they are, whatever (de)serializer it was registered
+    with."""
+
+    def mark(method: Handler) -> Handler:
+        method.wire_request, method.wire_reply = request, reply
+        return method
+
+    return mark
+
+
+class WireBytesInterceptor(grpc.ServerInterceptor):
+    """Drops the request deserializer / reply serializer of the methods marked with wire_handler."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        behavior = handler.unary_unary if handler is not None else None
+        wire_request, wire_reply = getattr(behavior, "wire_request", False), getattr(behavior, "wire_reply", False)
+        if not (wire_request or wire_reply):
+            return handler
+        return handler._replace(request_deserializer=None if wire_request else handler.request_deserializer,
+                                response_serializer=None if wire_reply else handler.response_serializer)
+
+
 def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
     if handler is None:
         return None
@@ -124,7 +151,7 @@ def make_server(host: str, port: int, token: str | None = None, tls: TlsFiles | 
 
     Raises OSError naming the address when the port is taken.
     """
-    interceptors = [TokenInterceptor(token)] if token else []
+    interceptors = ([TokenInterceptor(token)] if token else []) + [WireBytesInterceptor()]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors,
                          options=channel_options(max_message_bytes) + [("grpc.so_reuseport", 0)])
     address = f"{host}:{port}"
@@ -180,24 +207,25 @@ def join_chunks(chunks: Iterable[common_pb2.Chunk]) -> tuple[str, bytes]:
     return first.method, payload
 
 
-Handler = Callable[[Any, grpc.ServicerContext], Any]
-
-
 def serve_chunked(request_iterator: Iterable[common_pb2.Chunk], context: grpc.ServicerContext,
-                  routes: dict[str, tuple[type, Handler]], chunk_bytes: int = CHUNK_BYTES
+                  routes: dict[str, tuple[type | None, Handler]], chunk_bytes: int = CHUNK_BYTES
                   ) -> Iterator[common_pb2.Chunk]:
-    """Server side of ``Chunked``: rebuild the request, run the unary handler it names, chunk the reply."""
+    """Server side of ``Chunked``: rebuild the request, run the unary handler it names, chunk the reply.
+
+    A route without a request class gets the request's wire bytes; a handler may answer wire bytes.
+    """
     try:
         method, payload = join_chunks(request_iterator)
         if method not in routes:
             raise InvalidArgument(f"chunked call names unknown method {method!r}; known: {sorted(routes)}")
         request_cls, handler = routes[method]
-        request = request_cls()
+        request = payload if request_cls is None else request_cls()
         try:
-            request.ParseFromString(payload)
+            if request_cls is not None:
+                request.ParseFromString(payload)
         except Exception as exc:  # protobuf's DecodeError has no stable import path
             raise InvalidArgument(f"chunked {method!r} request does not parse: {exc}") from exc
     except SeraphimError as exc:
         context.abort(exc.code, str(exc))
     reply = handler(request, context)
-    yield from split_message(method, reply.SerializeToString(), chunk_bytes)
+    yield from split_message(method, reply if isinstance(reply, bytes) else reply.SerializeToString(), chunk_bytes)

@@ -5,8 +5,9 @@ import zlib
 import numpy as np
 import pytest
 
-from seraphim.proto import common_pb2
-from seraphim.proto.codec import decode_array, decode_keys, encode_array, encode_keys
+from seraphim.proto import common_pb2, ps_pb2
+from seraphim.proto.codec import (decode_array, decode_keys, decode_pull_reply, decode_push_request, encode_array,
+                                  encode_keys, encode_pull_reply, encode_push_request)
 from seraphim.proto.errors import DataLoss, InvalidArgument
 from seraphim.proto.generate import stale_files
 from seraphim.proto.partition import dense_block, dense_shard_of, group_by_shard, sparse_shard_of
@@ -83,3 +84,54 @@ def test_partitioning_covers_every_key_once():
     assert counts.min() > 0.95 * len(sparse) / n
     groups = group_by_shard(sparse_shard_of(sparse, n), n)
     assert sorted(np.concatenate(groups).tolist()) == list(range(len(sparse)))
+
+
+@pytest.mark.parametrize("n, dim, dtype, mode, worker, table", [
+    (3, 4, "float32", 0, 0, "t"), (1000, 64, "float32", 2, 7, "emb"), (0, 8, "float32", 1, 1, "x" * 300),
+    (5, 3, "bfloat16", 0, -1, "t\u00e9ble"), (2, 200, "int64", 1, 0, ""), (4, 16, "bytes", 1, 2**31 - 1, "b")])
+def test_hand_built_wire_bytes_are_protobufs_own(n, dim, dtype, mode, worker, table):
+    rng = np.random.default_rng(n)
+    keys = rng.integers(-2**63, 2**63 - 1, size=n, dtype=np.int64)
+    wire = {"bfloat16": np.uint16, "bytes": np.uint8}.get(dtype, dtype)
+    values = (rng.normal(size=(n, dim)) * 100).astype(wire)
+    push = encode_push_request(table, keys, values, mode, worker, dtype)
+    assert push == ps_pb2.PushRequest(table=table, keys=encode_keys(keys), values=encode_array(values, dtype),
+                                      mode=mode, worker=worker).SerializeToString()
+    fields = decode_push_request(push)
+    assert (fields.table, fields.mode) == (table, mode) and not fields.values.flags.writeable
+    np.testing.assert_array_equal(fields.keys, keys)
+    np.testing.assert_array_equal(fields.values, values)
+    reply = encode_pull_reply(values, dtype)
+    assert reply == ps_pb2.PullReply(values=encode_array(values, dtype)).SerializeToString()
+    np.testing.assert_array_equal(decode_array(ps_pb2.PullReply.FromString(reply).values), values)
+    back = decode_pull_reply(reply)
+    assert back.dtype == values.dtype and back.shape == (n, dim)
+    np.testing.assert_array_equal(back, values)
+
+
+def test_wire_readers_take_any_layout_protobuf_accepts_and_reject_damage():
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    tensor = encode_array(values).SerializeToString()
+    # a message repeated on the wire merges (protobuf's rule); the reader falls back to the generated parser
+    merged = b"\x0a" + bytes([len(tensor)]) + tensor + b"\x0a\x00"
+    np.testing.assert_array_equal(decode_pull_reply(merged), values)
+    unpacked_shape = b"\x0a\x07float32\x10\x06\x1a\x18" + values.tobytes()  # shape [6] as one unpacked varint
+    np.testing.assert_array_equal(decode_pull_reply(b"\x0a" + bytes([len(unpacked_shape)]) + unpacked_shape),
+                                  values.ravel())
+    later_fields_first = ps_pb2.PushRequest(mode=ps_pb2.ADD).SerializeToString() + ps_pb2.PushRequest(
+        table="t", keys=encode_keys(np.array([5])), values=encode_array(values[:1])).SerializeToString()
+    fields = decode_push_request(later_fields_first)
+    assert (fields.table, fields.mode, fields.keys.tolist()) == ("t", ps_pb2.ADD, [5])
+    with pytest.raises(InvalidArgument, match="carries no values"):
+        decode_pull_reply(b"")
+    with pytest.raises(InvalidArgument, match="push to 't' carries no values"):
+        decode_push_request(ps_pb2.PushRequest(table="t").SerializeToString())
+    good = encode_pull_reply(values)
+    with pytest.raises(InvalidArgument, match="malformed protobuf message"):
+        decode_pull_reply(good[:-5])
+    short = b"\x0a\x07float32\x12\x02\x02\x03\x1a\x04abcd"  # shape [2, 3] with 4 data bytes
+    with pytest.raises(InvalidArgument, match="4 bytes but dtype float32 and shape \\[2, 3\\] need 24"):
+        decode_pull_reply(b"\x0a" + bytes([len(short)]) + short)
+    with pytest.raises(InvalidArgument, match="dtype 'complex' is unknown"):
+        decode_push_request(encode_push_request("t", np.array([1]), values[:1], 0, 0).replace(b"float32",
+                                                                                                b"complex"))

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from seraphim.proto import common_pb2, ps_pb2, ps_pb2_grpc
+from seraphim.proto.partition import dense_block, sparse_shard_of
 from seraphim.proto.codec import encode_array, encode_keys
 from seraphim.proto.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from seraphim.proto.rpc import make_channel, split_message
 from seraphim.worker import SGD, Adam, Constant, Normal, PSClient, Zeros
+from seraphim.worker.client import _plan
 
 
 def test_sparse_rows_appear_on_first_touch_and_sgd_runs_on_push(two_ps):
@@ -219,3 +221,77 @@ def test_a_clean_stop_keeps_every_update(cluster_factory):
         cluster.kill_ps(0, signal.SIGTERM)
         cluster.start_ps(0)
         np.testing.assert_array_equal(t.pull(keys), -np.ones((100, 4), np.float32))
+
+
+def test_client_routing_kernel_keeps_the_partition_contract():
+    rng = np.random.default_rng(5)
+    keys = np.concatenate([rng.integers(-2**63, 2**63 - 1, 3000, dtype=np.int64), rng.integers(0, 50, 2000)])
+    for n in (1, 2, 3):
+        grouped, bounds, row_of = _plan(keys.view(np.uint64), n, np.empty(0, np.int64))
+        grouped = grouped.view(np.int64)
+        np.testing.assert_array_equal(grouped[row_of], keys)  # every key finds its row
+        assert len(grouped) == len(np.unique(keys)) and bounds[-1] == len(grouped)
+        for s in range(n):
+            assert (sparse_shard_of(grouped[bounds[s]:bounds[s + 1]], n) == s).all()
+    rows = 1003
+    starts = np.array([dense_block(rows, 3, s)[0] for s in range(3)], dtype=np.int64)
+    dense = rng.integers(0, rows, 4000)
+    grouped, bounds, row_of = _plan(dense.view(np.uint64), 3, starts)
+    grouped = grouped.view(np.int64)
+    np.testing.assert_array_equal(grouped[row_of], dense)
+    for s in range(3):
+        lo, hi = dense_block(rows, 3, s)
+        assert ((grouped[bounds[s]:bounds[s + 1]] >= lo) & (grouped[bounds[s]:bounds[s + 1]] < hi)).all()
+
+
+def test_pull_async_prefetches_and_repeated_keys_merge_as_each_mode_says(two_ps):
+    with PSClient(two_ps.addresses) as ps:
+        t = ps.sparse_table("modes", dim=3, init=Constant(1.0), optimizer=SGD(lr=1.0))
+        keys = np.array([[7, 8, 7], [9, 7, 10**15]], dtype=np.int64)
+        ahead = t.pull_async(keys)
+        rows = t.pull(keys)
+        assert rows.shape == (2, 3, 3)
+        np.testing.assert_array_equal(ahead.result(), rows)
+        np.testing.assert_array_equal(t.pull_async([424242], create=False).result(), np.zeros((1, 3)))
+        values = np.arange(18, dtype=np.float32).reshape(6, 3)
+        t.push(keys, values, mode="assign")  # key 7 three times: the first occurrence wins
+        np.testing.assert_array_equal(t.pull([7, 8, 9]), values[[0, 1, 3]])
+        t.push(keys, np.ones((6, 3), np.float32), mode="add")
+        np.testing.assert_array_equal(t.pull([7, 8]), values[[0, 1]] + [[3], [1]])
+        t.push_async(keys, np.ones((6, 3), np.float32)).result()  # gradient: SGD lr 1 on the summed rows
+        np.testing.assert_array_equal(t.pull([7, 8]), values[[0, 1]] + [[3], [1]] - [[3], [1]])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_tables_pull_float32_and_take_merged_gradients(two_ps, dtype):
+    with PSClient(two_ps.addresses) as ps:
+        t = ps.sparse_table(f"half-{dtype}", dim=4, dtype=dtype, init=Constant(1.0), optimizer=SGD(lr=1.0))
+        keys = np.array([3, 5, 3, 11], dtype=np.int64)
+        np.testing.assert_array_equal(t.pull(keys), np.ones((4, 4), np.float32))
+        t.push(keys, np.full((4, 4), 0.25, np.float32))  # key 3 twice: 0.5 in all, exact in either dtype
+        got = t.pull(keys)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, np.array([[0.5], [0.75], [0.5], [0.75]], np.float32).repeat(4, 1))
+
+
+def test_pull_replies_are_protobufs_own_bytes_and_push_checks_repeats(two_ps):
+    with PSClient(two_ps.addresses) as ps:
+        t = ps.sparse_table("wire", dim=5, init=Normal(0.0, 1.0))
+        keys = np.arange(40, dtype=np.int64)
+        rows = t.pull(keys)
+        channel = make_channel(two_ps.addresses[0])
+        mine = keys[sparse_shard_of(keys, 2) == 0]
+        raw_pull = channel.unary_unary("/seraphim.ps.ParameterServer/Pull")  # no deserializer: the wire bytes
+        raw = raw_pull(ps_pb2.PullRequest(table="wire", keys=encode_keys(mine)).SerializeToString(), timeout=10)
+        reply = ps_pb2.PullReply.FromString(raw)
+        assert reply.SerializeToString() == raw
+        np.testing.assert_array_equal(np.frombuffer(reply.values.data, np.float32).reshape(-1, 5), rows[mine])
+        stub = ps_pb2_grpc.ParameterServerStub(channel)
+        repeated = ps_pb2.PushRequest(table="wire", keys=encode_keys(mine[[0, 1, 0]]), mode=ps_pb2.ASSIGN,
+                                      values=encode_array(np.zeros((3, 5), np.float32)))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Push(repeated, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"key {mine[0]} repeats" in info.value.details()
+        channel.close()
+        np.testing.assert_array_equal(t.pull(keys), rows)

@@ -1,8 +1,12 @@
 """The PS client: routes keys to shards, merges duplicates, keeps requests in flight, retries while a PS restarts.
 
-A pull sends each shard only the unique keys it holds, all shards at once, and scatters the replies back into
-the caller's order. A push sums the gradients of repeated keys first. Messages over the size limit go through the
-shards' ``Chunked`` stream. A shard that is unreachable (restarting) is retried with backoff for ``retry_s``.
+A pull sends each shard only the unique keys it holds, all shards at once, and writes the replies straight into
+the caller's order; a push sums the gradients of repeated keys first. One compiled pass over the batch (``_plan``)
+finds the unique keys, their shards and each key's row, so routing costs no sort. Pull replies and push requests
+travel as hand-built wire bytes (proto.codec), the rows copied once each way. Calls to the shards run as blocking
+calls, one on the calling thread and the rest on a persistent pool (a grpc ``.future()`` starts a channel thread
+per call when none is in flight). Messages over the size limit go through the shards' ``Chunked`` stream. A shard
+that is unreachable (restarting) is retried with backoff for ``retry_s``.
 """
 
 from __future__ import annotations
@@ -12,21 +16,25 @@ from abc import ABC, abstractmethod
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence, TypeVar
 
 import grpc
 import numpy as np
+from numba import njit
 
 from seraphim.proto import ps_pb2, ps_pb2_grpc
-from seraphim.proto.codec import decode_array, encode_array, encode_keys
-from seraphim.proto.errors import InvalidArgument, from_rpc_error
-from seraphim.proto.partition import dense_block, dense_shard_of, group_by_shard, sparse_shard_of
+from seraphim.proto.codec import WIRE_DTYPES, decode_array, decode_pull_reply, encode_array, encode_push_request
+from seraphim.proto.errors import DataLoss, InvalidArgument, from_rpc_error
+from seraphim.proto.partition import dense_block
 from seraphim.proto.rpc import CHUNK_BYTES, MAX_MESSAGE_BYTES, TlsFiles, join_chunks, make_channel, split_message, token_metadata
 from seraphim.worker.psf_merge import merge_partials
 from seraphim.worker.specs import Initializer, Optimizer, Zeros, initializer_spec, optimizer_spec
 
 _RETRY_CODES = (grpc.StatusCode.UNAVAILABLE,)
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "bytes": 1}
+_SERVICE = "/" + ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
+T = TypeVar("T")
 
 
 @dataclass
@@ -36,45 +44,114 @@ class _Shard:
     channel: grpc.Channel
     stub: ps_pb2_grpc.ParameterServerStub
 
+    def __post_init__(self) -> None:
+        # Pull answers and Push sends wire bytes (proto.codec), so these two skip the generated (de)serializer.
+        self.wire = {"Pull": self.channel.unary_unary(f"{_SERVICE}/Pull",
+                                                      request_serializer=ps_pb2.PullRequest.SerializeToString),
+                     "Push": self.channel.unary_unary(f"{_SERVICE}/Push",
+                                                      response_deserializer=ps_pb2.PushReply.FromString)}
+
+    def method(self, name: str) -> grpc.UnaryUnaryMultiCallable:
+        return self.wire.get(name) or getattr(self.stub, name)
+
     @property
     def where(self) -> str:
         return f"ps {self.index} ({self.address})"
 
 
-class _Call:
-    """One request to one shard in flight: a gRPC future, re-issued while the shard is unavailable."""
+# -- compiled kernels of the batch path ------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, inline="always")
+def _splitmix64(x):  # pragma: no cover - compiled
+    """seraphim.proto.partition.splitmix64 on one uint64 (the routing contract; a test checks they agree)."""
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
-    def __init__(self, client: "PSClient", shard: int, method: str, request: Any, reply_cls: type,
-                 chunked: bool, timeout_s: float) -> None:
-        self._client, self._shard, self._method = client, shard, method
-        self._request, self._reply_cls, self._timeout = request, reply_cls, timeout_s
-        self._chunked = chunked
-        self._future = None if chunked else self._issue()
 
-    def _issue(self):
-        stub = self._client._shards[self._shard].stub
-        return getattr(stub, self._method).future(self._request, timeout=self._timeout,
-                                                  metadata=self._client._metadata)
+@njit(cache=True, nogil=True)
+def _plan(keys, num_shards, starts):  # pragma: no cover - compiled
+    """One pass over a batch of keys (uint64 bits) with an open-addressing table: its unique keys grouped by shard
+    (each shard's in first-seen order), the group bounds [num_shards + 1], and each key's row among the unique keys.
 
-    def result(self) -> Any:
-        deadline = time.monotonic() + self._client.retry_s
-        delay = 0.05
+    Shards: dense row blocks when `starts` (each block's first row) is given, else splitmix64(key) % num_shards.
+    """
+    n = keys.shape[0]
+    cap = 16
+    while cap < 2 * n:
+        cap *= 2
+    mask = np.uint64(cap - 1)
+    table = np.full(cap, -1, dtype=np.int64)
+    uniq = np.empty(n, dtype=np.uint64)
+    shard_of = np.empty(n, dtype=np.int64)
+    uid = np.empty(n, dtype=np.int64)
+    bounds = np.zeros(num_shards + 1, dtype=np.int64)
+    m = 0
+    for i in range(n):
+        k = keys[i]
+        h = _splitmix64(k)
+        j = h & mask
         while True:
-            try:
-                if self._chunked:
-                    return self._client._chunked_call(self._shard, self._method, self._request, self._reply_cls,
-                                                      self._timeout)
-                return self._future.result()
-            except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not self._chunked:
-                    self._chunked = True
-                    continue
-                if err.code() not in _RETRY_CODES or time.monotonic() + delay > deadline:
-                    raise from_rpc_error(err, self._client._shards[self._shard].where) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-            if not self._chunked:
-                self._future = self._issue()
+            u = table[j]
+            if u < 0:
+                table[j] = m
+                uniq[m] = k
+                if starts.shape[0]:
+                    s = np.searchsorted(starts, np.int64(k), side="right") - 1
+                else:
+                    s = np.int64(h % np.uint64(num_shards))
+                shard_of[m] = s
+                bounds[s + 1] += 1
+                uid[i] = m
+                m += 1
+                break
+            if uniq[u] == k:
+                uid[i] = u
+                break
+            j = (j + np.uint64(1)) & mask
+    for s in range(num_shards):
+        bounds[s + 1] += bounds[s]
+    fill = bounds[:num_shards].copy()
+    grouped = np.empty(m, dtype=np.uint64)
+    row_of_unique = np.empty(m, dtype=np.int64)
+    for u in range(m):
+        r = fill[shard_of[u]]
+        fill[shard_of[u]] = r + 1
+        grouped[r] = uniq[u]
+        row_of_unique[u] = r
+    row_of = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        row_of[i] = row_of_unique[uid[i]]
+    return grouped, bounds, row_of
+
+
+@njit(cache=True, nogil=True)
+def _expand(out, values, row_of, lo, hi):  # pragma: no cover - compiled
+    """out[i] = values[row_of[i] - lo] for every key whose row is in [lo, hi): one shard's reply, repeats included,
+    written in the caller's order straight from the reply bytes."""
+    for i in range(row_of.shape[0]):
+        r = row_of[i]
+        if lo <= r < hi:
+            for j in range(out.shape[1]):
+                out[i, j] = values[r - lo, j]
+
+
+@njit(cache=True, nogil=True)
+def _segment_add(out, values, row_of):  # pragma: no cover - compiled
+    """out[row_of[i]] += values[i] for every i, in order: sums the rows of repeated keys into a zeroed `out`."""
+    for i in range(row_of.shape[0]):
+        r = row_of[i]
+        for j in range(out.shape[1]):
+            out[r, j] += values[i, j]
+
+
+@njit(cache=True, nogil=True)
+def _first_rows(out, values, row_of):  # pragma: no cover - compiled
+    """out[row_of[i]] = values[i] for the first i of each row (assign: the first occurrence of a key wins)."""
+    for i in range(row_of.shape[0] - 1, -1, -1):
+        r = row_of[i]
+        for j in range(out.shape[1]):
+            out[r, j] = values[i, j]
 
 
 class PSClient:
@@ -100,7 +177,12 @@ class PSClient:
         self._in_flight = threading.BoundedSemaphore(max_in_flight)
         self._pending: set[Future] = set()
         self._pending_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max(4, len(addresses)), thread_name_prefix="ps-client")
+        workers = max(4, len(addresses))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ps-client")
+        # the calls to the other shards of a request (the caller's thread makes the first): enough threads for the
+        # pool's workers and one caller to fan out at once
+        self._io = ThreadPoolExecutor(max_workers=(workers + 1) * max(1, len(addresses) - 1),
+                                      thread_name_prefix="ps-client-io")
         self._clock = 0
         self._tables: dict[str, "Table"] = {}
 
@@ -119,22 +201,49 @@ class PSClient:
             shard.channel.close()
 
     # -- calls -----------------------------------------------------------------------------------------------
-    def _start(self, shard: int, method: str, request: Any, reply_cls: type, reply_bytes: int = 0,
-               timeout_s: float | None = None) -> _Call:
-        chunked = max(request.ByteSize(), reply_bytes) > self._chunk_threshold
-        return _Call(self, shard, method, request, reply_cls, chunked, timeout_s or self.timeout_s)
+    def _invoke(self, shard: int, method: str, request: Any, reply_cls: type | None, reply_bytes: int = 0,
+                timeout_s: float | None = None) -> Any:
+        """One blocking request to one shard, re-sent with backoff while the shard is unavailable (retry_s) and
+        through Chunked when it is over the message limit. `request` is a message or wire bytes; reply_cls None
+        returns the reply's wire bytes."""
+        size = len(request) if isinstance(request, bytes) else request.ByteSize()
+        chunked = max(size, reply_bytes) > self._chunk_threshold
+        timeout_s = timeout_s or self.timeout_s
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.05
+        while True:
+            try:
+                if chunked:
+                    return self._chunked_call(shard, method, request, reply_cls, timeout_s)
+                return self._shards[shard].method(method)(request, timeout=timeout_s, metadata=self._metadata)
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not chunked:
+                    chunked = True
+                    continue
+                if err.code() not in _RETRY_CODES or time.monotonic() + delay > deadline:
+                    raise from_rpc_error(err, self._shards[shard].where) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
-    def _chunked_call(self, shard: int, method: str, request: Any, reply_cls: type, timeout_s: float) -> Any:
-        chunks = split_message(method, request.SerializeToString(), self._chunk_bytes)
-        replies = self._shards[shard].stub.Chunked(chunks, timeout=timeout_s, metadata=self._metadata)
-        _, payload = join_chunks(replies)
-        return reply_cls.FromString(payload)
+    def _chunked_call(self, shard: int, method: str, request: Any, reply_cls: type | None, timeout_s: float) -> Any:
+        payload = request if isinstance(request, bytes) else request.SerializeToString()
+        replies = self._shards[shard].stub.Chunked(split_message(method, payload, self._chunk_bytes),
+                                                   timeout=timeout_s, metadata=self._metadata)
+        _, reply = join_chunks(replies)
+        return reply if reply_cls is None else reply_cls.FromString(reply)
+
+    def _fan_out(self, jobs: Sequence[Callable[[], T]]) -> list[T]:
+        """Run jobs at once (calls to different shards): the first on this thread, the others on the I/O pool."""
+        if not jobs:
+            return []
+        others = [self._io.submit(job) for job in jobs[1:]]
+        first = jobs[0]()
+        return [first] + [f.result() for f in others]
 
     def _all(self, method: str, make_request: Callable[[int], Any], reply_cls: type,
              timeout_s: float | None = None) -> list[Any]:
-        calls = [self._start(s, method, make_request(s), reply_cls, timeout_s=timeout_s)
-                 for s in range(self.num_shards)]
-        return [c.result() for c in calls]
+        return self._fan_out([partial(self._invoke, s, method, make_request(s), reply_cls, timeout_s=timeout_s)
+                              for s in range(self.num_shards)])
 
     # -- tables ----------------------------------------------------------------------------------------------
     def _create(self, spec: ps_pb2.TableSpec) -> list[ps_pb2.TableInfo]:
@@ -165,17 +274,20 @@ class PSClient:
         self._all("DropTable", lambda s: ps_pb2.DropTableRequest(name=name), ps_pb2.DropTableReply)
         self._tables.pop(name, None)
 
-    # -- pushes in flight ------------------------------------------------------------------------------------
-    def _submit(self, fn: Callable[[], Any]) -> Future:
+    # -- requests in flight ----------------------------------------------------------------------------------
+    def _submit(self, fn: Callable[[], Any], push: bool = True) -> Future:
+        """Run fn on the pool; at most max_in_flight run or wait at once, and flush() waits for the pushes."""
         self._in_flight.acquire()
         future = self._pool.submit(fn)
-        with self._pending_lock:
-            self._pending.add(future)
+        if push:
+            with self._pending_lock:
+                self._pending.add(future)
 
         def done(f: Future) -> None:
             self._in_flight.release()
-            with self._pending_lock:
-                self._pending.discard(f)
+            if push:
+                with self._pending_lock:
+                    self._pending.discard(f)
 
         future.add_done_callback(done)
         return future
@@ -222,6 +334,7 @@ class PSClient:
             self.flush()
         finally:
             self._pool.shutdown(wait=True)
+            self._io.shutdown(wait=True)
             for shard in self._shards:
                 shard.channel.close()
 
@@ -243,14 +356,15 @@ def _spec(name: str, kind: int, dtype: str, rows: int, dim: int, init: Initializ
 
 
 def merge_duplicates(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unique keys and the sum of the value rows of each (one sort and one reduceat, no Python loop)."""
-    uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    order = np.argsort(inverse, kind="stable")
-    if len(uniq) == len(keys):
-        return uniq, values[order]
-    starts = np.zeros(len(uniq), dtype=np.int64)
-    np.cumsum(counts[:-1], out=starts[1:])
-    return uniq, np.add.reduceat(values[order], starts, axis=0)
+    """Sorted unique keys and the sum of the value rows of each (one sort, one compiled pass over the rows)."""
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    values = np.asarray(values)
+    merged = np.zeros((len(uniq), *values.shape[1:]), dtype=values.dtype)
+    _segment_add(merged.reshape(len(uniq), -1), values.reshape(len(keys), -1), inverse.ravel())
+    return uniq, merged
+
+
+_PUSH_MODES = {"gradient": ps_pb2.GRADIENT, "assign": ps_pb2.ASSIGN, "add": ps_pb2.ADD}
 
 
 class Table(ABC):
@@ -263,88 +377,95 @@ class Table(ABC):
         self.name = spec.name
         self.dim = int(spec.dim)
         self.dtype = spec.dtype
+        floating = self.dtype in ("float32", "float16", "bfloat16")
+        self._wire = "float32" if floating else self.dtype  # what pushes carry (float tables: float32 values)
+        self._rows_dtype = WIRE_DTYPES[self._wire]  # what pulls return
 
     @abstractmethod
-    def _route(self, keys: np.ndarray) -> list[np.ndarray]:
-        """For each shard, the positions of the keys it holds."""
+    def _starts(self) -> np.ndarray:
+        """First row of each shard's block (dense), or an empty array: keys hash to shards (sparse)."""
 
     def _check(self, keys: np.ndarray) -> None:
         """Client-side key validation (dense: range)."""
+
+    def _split(self, keys: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(keys int64 as given, unique keys grouped by shard, shard bounds, each key's row among them)."""
+        keys = np.asarray(keys, dtype=np.int64)
+        flat = np.ascontiguousarray(keys.ravel())
+        self._check(flat)
+        grouped, bounds, row_of = _plan(flat.view(np.uint64), self.client.num_shards, self._starts())
+        return keys, grouped.view(np.int64), bounds, row_of
 
     def pull(self, keys: np.ndarray | Sequence[int], create: bool = True) -> np.ndarray:
         """Rows of keys (any shape, repeats allowed) -> [*keys.shape, dim]; float tables come back as float32.
 
         create=False (evaluation) reads sparse keys never touched as zero rows without creating them.
         """
-        keys = np.asarray(keys, dtype=np.int64)
-        flat = keys.ravel()
-        uniq, inverse = np.unique(flat, return_inverse=True)
-        self._check(uniq)
-        out = self._pull_unique(uniq, read_only=not create)
-        return out[inverse].reshape(*keys.shape, self.dim)
+        keys, grouped, bounds, row_of = self._split(keys)
+        out = np.empty((len(row_of), self.dim), dtype=self._rows_dtype)
+        self.client._fan_out([partial(self._pull_shard, s, grouped, bounds, row_of, out, not create)
+                              for s in range(self.client.num_shards) if bounds[s + 1] > bounds[s]])
+        return out.reshape(*keys.shape, self.dim)
 
-    def _pull_unique(self, uniq: np.ndarray, read_only: bool = False) -> np.ndarray:
-        parts = self._route(uniq)
-        item = _ITEMSIZE[self.dtype]
-        calls = [(pos, self.client._start(s, "Pull", ps_pb2.PullRequest(table=self.name, keys=encode_keys(uniq[pos]),
-                                                                        worker=self.client.worker_id,
-                                                                        read_only=read_only),
-                                          ps_pb2.PullReply, reply_bytes=len(pos) * self.dim * item))
-                 for s, pos in enumerate(parts) if len(pos)]
-        out: np.ndarray | None = None
-        for pos, call in calls:
-            values = decode_array(call.result().values)
-            if self.dtype == "bfloat16":
-                values = (values.astype(np.uint32) << 16).view(np.float32)
-            elif self.dtype == "float16":
-                values = values.astype(np.float32)
-            if out is None:
-                out = np.empty((len(uniq), self.dim), dtype=values.dtype)
-            out[pos] = values
-        if out is None:
-            out = np.empty((0, self.dim), dtype=np.float32)
-        return out
+    def pull_async(self, keys: np.ndarray | Sequence[int], create: bool = True) -> Future:
+        """Like pull, but returns at once a Future of the rows: prefetch the next batch while this one computes.
+
+        It reads whatever the shards hold when it runs: pushes issued before it may or may not be applied yet.
+        """
+        keys = np.array(keys, dtype=np.int64)  # a copy: the caller may reuse its buffer while the pull runs
+        return self.client._submit(lambda: self.pull(keys, create), push=False)
+
+    def _pull_shard(self, shard: int, grouped: np.ndarray, bounds: np.ndarray, row_of: np.ndarray, out: np.ndarray,
+                    read_only: bool) -> None:
+        """Pull one shard's unique keys and write its rows into `out` wherever their keys appear."""
+        lo, hi = int(bounds[shard]), int(bounds[shard + 1])
+        request = ps_pb2.PullRequest(table=self.name, keys=grouped[lo:hi].tobytes(), worker=self.client.worker_id,
+                                     read_only=read_only)
+        reply = self.client._invoke(shard, "Pull", request, None,
+                                    reply_bytes=(hi - lo) * self.dim * _ITEMSIZE[self.dtype])
+        values = decode_pull_reply(reply)
+        if values.shape != (hi - lo, self.dim):
+            raise DataLoss(f"{self.client._shards[shard].where} answered rows of shape {list(values.shape)} for "
+                           f"{hi - lo} keys of table {self.name!r} (dim {self.dim})")
+        if self.dtype == "bfloat16":
+            values = (values.astype(np.uint32) << 16).view(np.float32)
+        elif self.dtype == "float16":
+            values = values.astype(np.float32)
+        _expand(out, values, row_of, lo, hi)
 
     def push(self, keys: np.ndarray | Sequence[int], values: np.ndarray, mode: str = "gradient") -> None:
-        """Send gradients (or values, with mode 'assign' or 'add'); repeated keys are summed first."""
-        self.push_async(keys, values, mode).result()
+        """Send gradients (or values, with mode 'assign' or 'add'); repeated keys are summed first (assign: the
+        first occurrence wins)."""
+        self._send(self._push_requests(keys, values, mode))
 
     def push_async(self, keys: np.ndarray | Sequence[int], values: np.ndarray, mode: str = "gradient") -> Future:
-        """Like push, but returns at once; at most max_in_flight pushes run, and clock() waits for them."""
+        """Like push, but returns at once; at most max_in_flight requests run, and clock() waits for the pushes.
+
+        Keys and values are merged before it returns, so the caller may reuse their buffers at once.
+        """
+        requests = self._push_requests(keys, values, mode)
+        return self.client._submit(lambda: self._send(requests))
+
+    def _push_requests(self, keys: np.ndarray | Sequence[int], values: np.ndarray,
+                       mode: str) -> list[tuple[int, bytes]]:
+        """(shard, PushRequest wire bytes) per shard that holds some of the keys, duplicates merged."""
+        if mode not in _PUSH_MODES:
+            raise InvalidArgument(f"push mode {mode!r} is not one of {list(_PUSH_MODES)}")
         keys = np.asarray(keys, dtype=np.int64).ravel()
-        modes = {"gradient": ps_pb2.GRADIENT, "assign": ps_pb2.ASSIGN, "add": ps_pb2.ADD}
-        if mode not in modes:
-            raise InvalidArgument(f"push mode {mode!r} is not one of {list(modes)}")
         values = np.asarray(values)
         if values.size != len(keys) * self.dim:
             raise InvalidArgument(f"push to {self.name!r}: {values.size} values for {len(keys)} keys of dim "
                                   f"{self.dim}; expected shape [{len(keys)}, {self.dim}]")
-        values = values.reshape(len(keys), self.dim)
-        self._check(keys)
-        wire = self._wire_dtype(values)
-        if mode == "assign":
-            uniq, first = np.unique(keys, return_index=True)
-            if len(uniq) != len(keys):
-                keys, values = uniq, values[first]
-        else:
-            keys, values = merge_duplicates(keys, values)
-        return self.client._submit(lambda: self._push_unique(keys, values, modes[mode], wire))
+        _, grouped, bounds, row_of = self._split(keys)
+        merged = np.zeros((len(grouped), self.dim), dtype=self._rows_dtype)
+        (_first_rows if mode == "assign" else _segment_add)(merged, values.reshape(len(keys), self.dim), row_of)
+        return [(s, encode_push_request(self.name, grouped[lo:hi], merged[lo:hi], _PUSH_MODES[mode],
+                                        self.client.worker_id, self._wire))
+                for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if hi > lo]
 
-    def _wire_dtype(self, values: np.ndarray) -> str:
-        if self.dtype in ("float32", "float16", "bfloat16"):
-            return "float32"
-        return self.dtype
-
-    def _push_unique(self, keys: np.ndarray, values: np.ndarray, mode: int, wire: str) -> None:
-        calls = []
-        for s, pos in enumerate(self._route(keys)):
-            if len(pos):
-                request = ps_pb2.PushRequest(table=self.name, keys=encode_keys(keys[pos]),
-                                             values=encode_array(values[pos], wire), mode=mode,
-                                             worker=self.client.worker_id)
-                calls.append(self.client._start(s, "Push", request, ps_pb2.PushReply))
-        for call in calls:
-            call.result()
+    def _send(self, requests: list[tuple[int, bytes]]) -> None:
+        self.client._fan_out([partial(self.client._invoke, s, "Push", request, ps_pb2.PushReply)
+                              for s, request in requests])
 
     def call(self, psf: str, tensors: Sequence[np.ndarray] = (), **args: Any) -> Any:
         """Run a PS function on every shard's partition and merge the partial results on the client."""
@@ -360,11 +481,10 @@ class Table(ABC):
 class SparseTable(Table):
     """int64 keys hash-partitioned over the shards; a row appears on first touch, made by the initializer."""
 
-    def _route(self, keys: np.ndarray) -> list[np.ndarray]:
-        n = self.client.num_shards
-        if n == 1:
-            return [np.arange(len(keys))]
-        return group_by_shard(sparse_shard_of(keys, n), n)
+    _HASHED = np.empty(0, dtype=np.int64)
+
+    def _starts(self) -> np.ndarray:
+        return self._HASHED
 
 
 class DenseTable(Table):
@@ -380,13 +500,12 @@ class DenseTable(Table):
             bad = keys[(keys < 0) | (keys >= self.rows)][0]
             raise InvalidArgument(f"row {int(bad)} is outside dense table {self.name!r} with {self.rows} rows")
 
-    def _route(self, keys: np.ndarray) -> list[np.ndarray]:
-        n = self.client.num_shards
-        return group_by_shard(dense_shard_of(keys, self.rows, n), n)
+    def _starts(self) -> np.ndarray:
+        return np.array([self.block(s)[0] for s in range(self.client.num_shards)], dtype=np.int64)
 
     def pull_all(self) -> np.ndarray:
         """The whole matrix [rows, cols]."""
-        return self._pull_unique(np.arange(self.rows, dtype=np.int64))
+        return self.pull(np.arange(self.rows, dtype=np.int64))
 
     def push_all(self, values: np.ndarray, mode: str = "gradient") -> None:
         self.push(np.arange(self.rows, dtype=np.int64), values, mode)
