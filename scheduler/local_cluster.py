@@ -90,7 +90,7 @@ class LocalCluster:
         proc = self.ps_procs[shard]
         if proc is not None and proc.poll() is None:
             proc.send_signal(sig)
-            proc.wait(timeout=30)
+            proc.wait(timeout=120)  # a clean stop snapshots; numba may compile its kernels on a fresh install
 
     def start_worker(self, argv: Sequence[str], name: str) -> subprocess.Popen:
         """Start a worker process (argv after the Python executable), logging to logs/<name>.log."""
