@@ -22,8 +22,9 @@ strict mode against machine crashes), and a full disk surfaces as SIGBUS rather 
 free space above the table size.
 
 All writes go through `commit` under `lock` (one write transaction at a time). A write carries each
-page's write sequence number; a page is skipped when LMDB already holds the same or a newer sequence, so a
-stale copy taken by the background writer can never overwrite newer bytes written by an eviction.
+page's write sequence number; a page is skipped when LMDB already holds the same or a newer sequence, and a
+page given twice in one write keeps its newest copy, so a stale copy (a staged eviction committed again, a
+writer's batch landing late) can never overwrite newer bytes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Sequence
 import lmdb
 import numpy as np
 
-from seraphim.storage.page_kernels import PAGE_KEY, page_keys, table_prefix
+from seraphim.storage.page_kernels import PAGE_KEY, frame_views, page_keys, table_prefix
 
 MAP_SIZE = 1 << 40  # address space only: the file grows as pages are written
 KEY_CHUNK = 65536  # keys per LMDB value, so a snapshot rewrites only the chunks that grew
@@ -47,12 +48,24 @@ DURABILITY = ("snapshot", "strict")
 
 @dataclass
 class PageWrites:
-    """Pages to store: table id, page number, write sequence and bytes of each (pages unique)."""
+    """Pages to store: table id, page number, write sequence and bytes of each (a repeated page: newest wins)."""
 
     tids: np.ndarray
     pages: np.ndarray
     seqs: np.ndarray
     data: Sequence
+
+    def copy(self) -> "PageWrites":
+        """The same writes over private copies of the bytes (for a commit made after the store lock is released)."""
+        return PageWrites(self.tids.copy(), self.pages.copy(), self.seqs.copy(), [bytes(d) for d in self.data])
+
+    @staticmethod
+    def join(parts: Sequence["PageWrites"]) -> "PageWrites":
+        """One write of several (the bytes are referenced, not copied)."""
+        return PageWrites(
+            np.concatenate([p.tids for p in parts]), np.concatenate([p.pages for p in parts]),
+            np.concatenate([p.seqs for p in parts]), [d for p in parts for d in p.data],
+        )
 
 
 @dataclass
@@ -191,21 +204,32 @@ class LmdbTier:
         """Copy stored pages into arena frames in one read transaction; returns the mask of pages never stored.
 
         Pages the existence bitmap does not list are not looked up. Reading the bitmap without `lock` is
-        safe for the caller's pages: they are not resident, and every write of a page completes (bitmap
-        included) before its frame is released, so no write of these pages can be in flight.
+        safe for the caller's pages: they are neither resident nor staged (the store looks in its
+        WriteStage first), and a page leaves the stage only once its commit (bitmap included) completed,
+        so no write of these pages can be in flight.
         """
         state = self._state.get(tid)
         present = state.present if state is not None else np.zeros(0, dtype=np.bool_)
         absent = pages >= present.shape[0]
         absent[~absent] = ~present[pages[~absent]]
         stored = np.flatnonzero(~absent)
-        flat = memoryview(arena.reshape(-1))  # slice assignment from the LMDB buffer is one memcpy
-        size = arena.shape[1]
         if stored.shape[0]:
+            stored = stored[np.argsort(pages[stored])]  # key order: neighbouring B-tree leaves stay cached
             with self.env.begin(db=self._pages, buffers=True) as txn:
-                for key, frame in zip(page_keys(tid, pages[stored]), frames[stored].tolist()):
-                    flat[frame * size : (frame + 1) * size] = txn.get(key)
+                get = txn.get
+                for key, view in zip(page_keys(tid, pages[stored]), frame_views(arena, frames[stored])):
+                    view[:] = get(key)  # one memcpy from the map into the frame
         return absent
+
+    def stored_seqs(self, tid: int, pages: np.ndarray) -> np.ndarray:
+        """Write sequence of the copy LMDB holds of each page (0: none). Read without `lock`, like read_into:
+        the store asks only for pages that are not resident, whose newest copy is staged or committed."""
+        state = self._state.get(tid)
+        out = np.zeros(pages.shape[0], dtype=np.int64)
+        if state is not None:
+            known = pages < state.seq.shape[0]
+            out[known] = state.seq[pages[known]]
+        return out
 
     def n_keys(self, tid: int) -> int:
         """Keys of a sparse table stored so far (read without the lock: it only grows)."""
@@ -268,14 +292,17 @@ class LmdbTier:
             idx = np.flatnonzero(w.tids == tid)
             state = self._state.setdefault(tid, _DiskState())
             state.ensure(int(w.pages[idx].max()) + 1)
+            idx = idx[np.lexsort((w.seqs[idx], w.pages[idx]))]  # key order: each B-tree leaf is touched once
+            idx = idx[np.r_[w.pages[idx][1:] != w.pages[idx][:-1], True]]  # a repeated page: its newest copy
             idx = idx[state.seq[w.pages[idx]] < w.seqs[idx]]
             pages = w.pages[idx]
             keys = page_keys(tid, pages)
             if undo and not state.undo_saved[pages].all():
-                first = [keys[j] for j in np.flatnonzero(~state.undo_saved[pages]).tolist()]
-                old = dict(txn.cursor(db=self._pages).getmulti(first))
-                txn.cursor(db=self._undo).putmulti([(key, old.get(key, b"")) for key in first])
-            txn.cursor(db=self._pages).putmulti([(key, w.data[i]) for key, i in zip(keys, idx.tolist())])
+                first = np.flatnonzero(~state.undo_saved[pages])
+                stored = state.present[pages[first]]  # pages never stored have no old bytes to look up
+                old = dict(txn.cursor(db=self._pages).getmulti([keys[j] for j in first[stored].tolist()]))
+                txn.cursor(db=self._undo).putmulti([(keys[j], old.get(keys[j], b"")) for j in first.tolist()])
+            txn.cursor(db=self._pages).putmulti(list(zip(keys, [w.data[i] for i in idx.tolist()])))
 
             def apply(state=state, pages=pages, seqs=w.seqs[idx], saved=undo):
                 state.seq[pages] = seqs

@@ -11,6 +11,8 @@ import numpy as np
 from numba import njit
 from numpy.lib.stride_tricks import as_strided
 
+from seraphim.storage.arena import MAX_COUNT
+
 PAGE_KEY = np.dtype([("tid", ">u4"), ("page", ">u8")])  # LMDB key: big-endian so a table's pages sort by number
 
 
@@ -29,11 +31,13 @@ def table_prefix(tid: int) -> bytes:
 
 
 @njit(cache=True)
-def pin_pages(slots, rows_per_page, page_frame, stamp, op, tick, frame_tick):
-    """Stamp each distinct page once per op: refresh (and so pin) resident frames, list missing pages.
+def pin_pages(slots, rows_per_page, page_frame, stamp, op, tick, frame_tick, page_count, frame_count, inc):
+    """Stamp each distinct page once per op: count the access (`inc`, saturating), refresh (and so pin)
+    resident frames, list missing pages.
 
     Returns (missing pages in first-seen order, number of distinct resident pages). Frames touched here
-    carry `tick`, the newest value, which is what keeps them out of this op's eviction choice.
+    carry `tick`, the newest value, which is what keeps them out of this op's eviction choice; their
+    frame_count follows their page's new count.
     """
     missing = np.empty(slots.shape[0], dtype=np.int64)
     n_missing = 0
@@ -42,9 +46,12 @@ def pin_pages(slots, rows_per_page, page_frame, stamp, op, tick, frame_tick):
         p = slots[i] // rows_per_page
         if stamp[p] != op:
             stamp[p] = op
+            c = min(np.int64(page_count[p]) + inc, MAX_COUNT)
+            page_count[p] = c
             f = page_frame[p]
             if f >= 0:
                 frame_tick[f] = tick
+                frame_count[f] = c
                 n_hit += 1
             else:
                 missing[n_missing] = p
@@ -86,3 +93,11 @@ def slots_of_pages(pages, rows_per_page, n_rows):
             out[k] = s
             k += 1
     return out
+
+
+def frame_views(arena: np.ndarray, frames: np.ndarray) -> list[memoryview]:
+    """Zero-copy byte views of rows of a 2-D uint8 array (arena frames, stage rows) for LMDB reads and writes:
+    one memoryview slice each, cheaper than a numpy row object."""
+    flat = memoryview(arena.reshape(-1))
+    size = arena.shape[1]
+    return [flat[f * size : (f + 1) * size] for f in frames.tolist()]

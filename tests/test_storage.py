@@ -16,8 +16,10 @@ import lmdb
 import numpy as np
 import pytest
 
+from seraphim.proto.partition import sparse_shard_of
 from seraphim.storage import KeyIndex, ShardStore
 from seraphim.storage.lmdb_tier import LmdbTier, PageWrites
+from seraphim.storage.write_stage import WriteStage
 
 PAGE = 4096
 ROW = 96  # 42 rows per 4 KiB page
@@ -69,6 +71,24 @@ def test_key_index_from_keys_round_trip_and_duplicates():
         KeyIndex.from_keys(np.array([1, 2, 1], dtype=np.int64))
 
 
+def test_key_index_spreads_the_keys_of_one_shard():
+    """Routing sends a key to shard splitmix64(key) % n, so one shard's keys share that residue; the index
+    hash must not inherit it (buckets of one residue class would hold every home and probe runs would grow)."""
+    rng = np.random.default_rng(6)
+    pool = np.unique(rng.integers(-(2**63), 2**63 - 1, 1_200_000, dtype=np.int64))
+    shard = sparse_shard_of(pool, 8)
+    keys, others = pool[shard == 3][:100_000], pool[shard == 3][100_000:]
+    rng.shuffle(keys)
+    index = KeyIndex(capacity=16)
+    slots, is_new = index.lookup_or_insert(keys)
+    assert is_new.all() and (slots == np.arange(keys.size)).all()
+    assert (index.lookup(keys) == np.arange(keys.size)).all()
+    assert others.size > 10_000 and (index.lookup(others) == -1).all()
+    table = index._table
+    occupancy = [(table[r::8] >= 0).mean() for r in range(8)]  # per bucket residue class modulo 8
+    assert max(occupancy) < 1.2 * min(occupancy), occupancy
+
+
 # ------------------------------------------------------------ paging vs RAM
 def random_init(slots: np.ndarray) -> np.ndarray:
     """A non-deterministic initializer: stored pages must be read back as first built, never rebuilt."""
@@ -101,7 +121,7 @@ def small_store(path, **kw) -> ShardStore:
 def test_dense_gather_scatter_update_match_reference(tmp_path):
     n = N_PAGES * RPP - 5
     init = Recorder()
-    store = small_store(tmp_path / "s", writer_interval_s=0.01)
+    store = small_store(tmp_path / "s")
     try:
         store.create_table("d", ROW, n, b"spec", init)
         rng = np.random.default_rng(3)
@@ -134,7 +154,7 @@ def test_dense_gather_scatter_update_match_reference(tmp_path):
 
 
 def test_sparse_resolve_gather_update_match_reference(tmp_path):
-    store = small_store(tmp_path / "s", writer_interval_s=0.01)
+    store = small_store(tmp_path / "s")
     init = Recorder()
     try:
         store.create_table("emb", ROW, None, b"sparse", init)
@@ -235,7 +255,7 @@ def test_snapshot_mode_drop_takes_effect_at_the_next_snapshot(tmp_path):
 # -------------------------------------------------------------- concurrency
 def test_concurrent_updates_are_exact_with_writer_running(tmp_path):
     n = 20 * RPP
-    store = small_store(tmp_path / "s", writer_interval_s=0.005)
+    store = small_store(tmp_path / "s")
     store.create_table("c", ROW, n, b"", lambda s: np.zeros((s.size, ROW), dtype=np.uint8))
     expected = np.zeros(n, dtype=np.int64)
     plans = []
@@ -268,7 +288,7 @@ def test_concurrent_updates_are_exact_with_writer_running(tmp_path):
 
 
 def test_concurrent_gather_never_sees_uninitialized_rows(tmp_path):
-    store = small_store(tmp_path / "s", writer_interval_s=0.005)
+    store = small_store(tmp_path / "s")
     store.create_table("e", ROW, None, b"", lambda s: np.full((s.size, ROW), 7, dtype=np.uint8))
     done = threading.Event()
     bad = []
@@ -306,7 +326,7 @@ def init(s):
 
 SNAPSHOT_CHILD = """
 path, out = sys.argv[1], sys.argv[2]
-store = ShardStore(path, ram_bytes=4 * PAGE, page_bytes=PAGE, durability="snapshot", writer_interval_s=0.01)
+store = ShardStore(path, ram_bytes=4 * PAGE, page_bytes=PAGE, durability="snapshot")
 store.create_table("d", ROW, 30 * RPP, b"dense", init)
 store.create_table("s", ROW, None, b"sparse", init)
 store.create_table("gone", ROW, 3 * RPP, b"dropped-after", init)
@@ -338,8 +358,9 @@ time.sleep(600)
 
 STRICT_CHILD = """
 path, steps = sys.argv[1], int(sys.argv[2])  # steps < 0: run until killed
-# RAM holds everything and the background writer never wakes up: only the synchronous strict path persists.
-store = ShardStore(path, ram_bytes=64 * PAGE, page_bytes=PAGE, durability="strict", writer_interval_s=600)
+# RAM holds everything, so nothing is evicted and the background writer stays idle: only the synchronous
+# strict path persists.
+store = ShardStore(path, ram_bytes=64 * PAGE, page_bytes=PAGE, durability="strict")
 store.create_table("d", ROW, 20 * RPP, b"dense", init)
 store.create_table("s", ROW, None, b"sparse", init)
 i = 0
@@ -438,6 +459,42 @@ def test_stale_page_copy_never_overwrites_newer_bytes(tmp_path):
         assert (frame == 1).all()
     finally:
         tier.close()
+
+
+def test_one_write_keeps_the_newest_copy_of_a_repeated_page(tmp_path):
+    tier = LmdbTier(tmp_path / "t", "snapshot", PAGE)
+    try:
+        pages = np.array([3, 4, 3])
+        data = np.stack([np.full(PAGE, fill, np.uint8) for fill in (1, 2, 3)])
+        tier.commit(pages=PageWrites(np.zeros(3, np.int32), pages, np.array([8, 1, 7]), data))
+        frames = np.zeros((2, PAGE), dtype=np.uint8)
+        assert not tier.read_into(0, np.array([3, 4]), frames, np.array([0, 1])).any()
+        assert (frames[0] == 1).all() and (frames[1] == 2).all()
+        assert tier.stored_seqs(0, np.array([3, 4, 5, 10**6])).tolist() == [8, 1, 0, 0]
+    finally:
+        tier.close()
+
+
+def test_write_stage_serves_its_newest_copy_only_when_newer_than_lmdb():
+    stage = WriteStage(capacity=2, page_bytes=8)
+    arena = np.arange(4 * 8, dtype=np.uint8).reshape(4, 8)
+    stage.put(np.array([1, 1]), np.array([5, 6]), np.array([10, 11]), arena, np.array([0, 1]))
+    assert stage.room() == 0
+    flying = stage.take()  # the writer's batch: still readable until it landed
+    assert flying.pages.tolist() == [5, 6] and stage.take() is None and stage.room() == 2
+    stage.put(np.array([1]), np.array([5]), np.array([12]), arena, np.array([2]))  # page 5 again, newer
+    out = np.zeros((3, 8), dtype=np.uint8)
+    found = stage.read_into(1, np.array([5, 6, 7]), np.array([0, 0, 0]), out, np.array([0, 1, 2]))
+    assert found.tolist() == [True, True, False]
+    assert (out[0] == arena[2]).all() and (out[1] == arena[1]).all()
+    # LMDB already holds a newer page 5 (a direct write) and the same page 6: neither comes from the stage
+    found = stage.read_into(1, np.array([5, 6]), np.array([13, 11]), out, np.array([0, 1]))
+    assert not found.any()
+    assert not stage.read_into(2, np.array([5]), np.array([0]), out, np.array([0])).any()  # another table
+    stage.landed()
+    assert [w.pages.tolist() for w in stage.pending()] == [[5]]
+    with pytest.raises(ValueError, match="room"):
+        stage.put(np.array([1, 1]), np.array([8, 9]), np.array([14, 15]), arena, np.array([0, 3]))
 
 
 # ------------------------------------------------------------------- errors
