@@ -49,7 +49,9 @@ def run_rank(spec_yaml: str, source: str, rank: int, addresses: list[str], token
              log: logging.Logger) -> dict[str, Any]:
     """Connect to the PS shards and run this rank of the job from the clock the shards hold for it."""
     spec, train = parse_job_text(spec_yaml, source)
-    with PSClient(addresses, worker_id=rank, num_workers=spec.cluster.workers, token=token, tls=tls) as ps:
+    own_ps = spec.cluster.ps_per_worker  # this worker is the only client of its own shards
+    with PSClient(addresses, worker_id=0 if own_ps else rank, num_workers=1 if own_ps else spec.cluster.workers,
+                  token=token, tls=tls) as ps:
         start_step = ps.resume()
         if start_step:
             log.info("resuming at step %d (the clock the PS shards hold for rank %d)", start_step, rank)

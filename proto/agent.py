@@ -69,7 +69,10 @@ class SchedulerAgent:
         """Wait until every PS shard has registered its address; raise if the job ends meanwhile."""
         deadline = time.monotonic() + timeout_s
         while True:
-            view = self._retrying("GetClusterView", scheduler_pb2.ClusterViewRequest(job_id=self.job_id), timeout_s)
+            request = scheduler_pb2.ClusterViewRequest(job_id=self.job_id)
+            if self.role == "worker":
+                request.worker_rank = self.rank
+            view = self._retrying("GetClusterView", request, timeout_s)
             if view.complete:
                 return view
             if view.state in (scheduler_pb2.SUCCEEDED, scheduler_pb2.FAILED, scheduler_pb2.CANCELLED):

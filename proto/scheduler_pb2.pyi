@@ -132,7 +132,7 @@ class LogChunk(_message.Message):
     def __init__(self, source: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class PsSettings(_message.Message):
-    __slots__ = ("num_shards", "num_workers", "staleness", "ram_mb", "page_kb", "durability", "snapshot_every")
+    __slots__ = ("num_shards", "num_workers", "staleness", "ram_mb", "page_kb", "durability", "snapshot_every", "shard", "data_subdir")
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,8 @@ class PsSettings(_message.Message):
     PAGE_KB_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    DATA_SUBDIR_FIELD_NUMBER: _ClassVar[int]
     num_shards: int
     num_workers: int
     staleness: int
@@ -147,7 +149,9 @@ class PsSettings(_message.Message):
     page_kb: int
     durability: str
     snapshot_every: int
-    def __init__(self, num_shards: _Optional[int] = ..., num_workers: _Optional[int] = ..., staleness: _Optional[int] = ..., ram_mb: _Optional[float] = ..., page_kb: _Optional[int] = ..., durability: _Optional[str] = ..., snapshot_every: _Optional[int] = ...) -> None: ...
+    shard: int
+    data_subdir: str
+    def __init__(self, num_shards: _Optional[int] = ..., num_workers: _Optional[int] = ..., staleness: _Optional[int] = ..., ram_mb: _Optional[float] = ..., page_kb: _Optional[int] = ..., durability: _Optional[str] = ..., snapshot_every: _Optional[int] = ..., shard: _Optional[int] = ..., data_subdir: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("job_id", "role", "rank", "address", "pid", "host")
@@ -228,10 +232,12 @@ class Ack(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterViewRequest(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "worker_rank")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_RANK_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    worker_rank: int
+    def __init__(self, job_id: _Optional[str] = ..., worker_rank: _Optional[int] = ...) -> None: ...
 
 class PsEndpoint(_message.Message):
     __slots__ = ("shard", "address", "attempt", "state")

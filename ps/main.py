@@ -100,7 +100,10 @@ def _managed(a: argparse.Namespace, config: PSConfig, stop: threading.Event) -> 
     tls = TlsFiles(ca=a.tls_ca, server_name=a.tls_server_name) if a.tls_ca else None
     agent = SchedulerAgent(a.scheduler, a.job, "ps", config.shard, token=config.token, tls=tls)
     settings = agent.register().ps
-    config.num_shards, config.num_workers, config.staleness = settings.num_shards, settings.num_workers, settings.staleness
+    config.shard, config.num_shards = settings.shard, settings.num_shards
+    if settings.data_subdir:
+        config.data_dir = config.data_dir / settings.data_subdir
+    config.num_workers, config.staleness = settings.num_workers, settings.staleness
     config.ram_bytes, config.page_bytes = int(settings.ram_mb * 2**20), settings.page_kb * 1024
     config.durability, config.snapshot_every = settings.durability, settings.snapshot_every
     config.validate()

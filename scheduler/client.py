@@ -51,6 +51,13 @@ class SchedulerClient:
     def jobs(self) -> list[scheduler_pb2.JobStatus]:
         return list(self._call("ListJobs", scheduler_pb2.ListJobsRequest()).jobs)
 
+    def cluster_view(self, job_id: str, worker_rank: int | None = None) -> scheduler_pb2.ClusterView:
+        """The job's PS shards (a worker's own, when each worker has its own)."""
+        request = scheduler_pb2.ClusterViewRequest(job_id=job_id)
+        if worker_rank is not None:
+            request.worker_rank = worker_rank
+        return self._call("GetClusterView", request)
+
     def cancel(self, job_id: str) -> scheduler_pb2.JobStatus:
         return self._call("CancelJob", scheduler_pb2.JobRef(job_id=job_id))
 

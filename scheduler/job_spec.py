@@ -25,10 +25,18 @@ class ClusterSpec(BaseModel):
     workers: int = Field(2, ge=1, le=1024, description="number of worker processes")
     launcher: Literal["local", "manual", "kubernetes"] = Field(
         "local", description="local: the scheduler starts the processes; manual or kubernetes: they register")
+    ps_per_worker: bool = Field(
+        False, description="give each worker its own `ps` shards that no other worker reaches (federated parties)")
     max_restarts: int = Field(3, ge=0, le=100, description="restarts allowed per process before the job fails")
     image: str = Field("seraphim:latest", description="container image (kubernetes launcher)")
     scheduler_address: str = Field("seraphim-scheduler:7070",
                                    description="where pods reach the scheduler (kubernetes launcher)")
+
+
+    @property
+    def total_ps(self) -> int:
+        """PS processes the job runs: `ps` shards, once per worker when each worker has its own."""
+        return self.ps * (self.workers if self.ps_per_worker else 1)
 
 
 class StorageSpec(BaseModel):

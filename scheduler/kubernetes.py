@@ -188,7 +188,7 @@ def render_job(spec: JobSpec, job_id: str, image: str, scheduler_address: str, n
     ps_set = {
         "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _meta(ps_name, namespace, ps_labels, annotations),
         "spec": {
-            "replicas": spec.cluster.ps, "serviceName": ps_name, "podManagementPolicy": "Parallel",
+            "replicas": spec.cluster.total_ps, "serviceName": ps_name, "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": dict(ps_labels)},
             "template": {"metadata": {"labels": dict(ps_labels), "annotations": dict(annotations)},
                          "spec": _pod_spec([ps_container], volumes, "Always", grace_s=60)},

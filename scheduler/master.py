@@ -83,15 +83,18 @@ class Master:
             job = JobRow(job_id=job_id, name=spec.name, algorithm=spec.algorithm, spec_yaml=spec_yaml,
                          state=scheduler_pb2.PENDING, reason="", created=time.time(), started=0.0, finished=0.0,
                          run_dir=str(run_dir), launcher=launcher, total_steps=total, restarts=0,
-                         num_ps=spec.cluster.ps, num_workers=spec.cluster.workers,
+                         num_ps=spec.cluster.total_ps, num_workers=spec.cluster.workers,
                          max_restarts=spec.cluster.max_restarts)
-            nodes = [NodeRow(job_id, "ps", r, "", 0, "WAITING", 0, "", 0.0, 0, 0) for r in range(spec.cluster.ps)]
+            nodes = [NodeRow(job_id, "ps", r, "", 0, "WAITING", 0, "", 0.0, 0, 0)
+                     for r in range(spec.cluster.total_ps)]
             nodes += [NodeRow(job_id, "worker", r, "", 0, "WAITING", 0, "", 0.0, 0, 0)
                       for r in range(spec.cluster.workers)]
             (run_dir / "job.yaml").write_text(spec_yaml)
             self.store.add_job(job, nodes)
             self._job_logs[job_id] = run_dir / "logs" / "job.log"
-            self._event(job_id, f"submitted: {spec.algorithm} with {spec.cluster.ps} PS and {spec.cluster.workers} "
+            per_worker = " each" if spec.cluster.ps_per_worker else ""
+            self._event(job_id, f"submitted: {spec.algorithm} with {spec.cluster.workers} workers and "
+                                f"{spec.cluster.ps} PS{per_worker}, "
                                 f"workers, launcher {launcher}, run directory {run_dir}")
             if launcher == "local":
                 for node in nodes:
@@ -186,7 +189,9 @@ class Master:
                 self._event(job.job_id, "every PS shard is serving; the job is running")
             spec, _ = parse_job_text(job.spec_yaml, job.job_id)
             settings = scheduler_pb2.PsSettings(
-                num_shards=spec.cluster.ps, num_workers=spec.cluster.workers, staleness=spec.consistency.staleness,
+                num_shards=spec.cluster.ps, num_workers=1 if spec.cluster.ps_per_worker else spec.cluster.workers,
+                shard=req.rank % spec.cluster.ps if req.role == "ps" else 0, staleness=spec.consistency.staleness,
+                data_subdir=f"worker-{req.rank // spec.cluster.ps}" if spec.cluster.ps_per_worker else "",
                 ram_mb=spec.storage.ram_mb, page_kb=spec.storage.page_kb, durability=spec.storage.durability,
                 snapshot_every=spec.storage.snapshot_every)
             return scheduler_pb2.RegisterReply(spec_yaml=job.spec_yaml, attempt=fields["attempt"],
@@ -245,13 +250,29 @@ class Master:
                 latest[r.name] = (r.step, r.value)
             self.store.put_metrics(job.job_id, req.rank, [(s, n, v) for n, (s, v) in latest.items()])
 
-    def cluster_view(self, job_id: str) -> scheduler_pb2.ClusterView:
+    def cluster_view(self, job_id: str, worker_rank: int | None = None) -> scheduler_pb2.ClusterView:
+        """The job's PS shards; when each worker has its own, only those of ``worker_rank`` (required then)."""
         job = self.job(job_id)
         ps = [n for n in self.store.nodes(job_id) if n.role == "ps"]
+        group = len(ps)
+        if self._ps_per_worker(job):
+            group = job.num_ps // job.num_workers
+            if worker_rank is None:
+                raise InvalidArgument(f"job {job_id} gives each worker its own PS shards; ask for a worker's view "
+                                      f"(worker_rank 0..{job.num_workers - 1})")
+            if not 0 <= worker_rank < job.num_workers:
+                raise InvalidArgument(f"worker rank {worker_rank} is outside job {job_id}'s {job.num_workers} "
+                                      f"workers (ranks 0..{job.num_workers - 1})")
+            ps = ps[worker_rank * group:(worker_rank + 1) * group]
         return scheduler_pb2.ClusterView(
             job_id=job_id, state=job.state, complete=all(n.state == "RUNNING" and n.address for n in ps),
-            ps=[scheduler_pb2.PsEndpoint(shard=n.rank, address=n.address, attempt=n.attempt, state=n.state)
+            ps=[scheduler_pb2.PsEndpoint(shard=n.rank % group, address=n.address, attempt=n.attempt, state=n.state)
                 for n in ps])
+
+    @staticmethod
+    def _ps_per_worker(job: JobRow) -> bool:
+        spec, _ = parse_job_text(job.spec_yaml, job.job_id)
+        return spec.cluster.ps_per_worker
 
     # -- failures and endings ----------------------------------------------------------------------------
     def _failure(self, job: JobRow, node: NodeRow, why: str) -> None:

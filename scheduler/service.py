@@ -69,7 +69,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     @_guarded
     def GetClusterView(self, request, context):
-        return self.master.cluster_view(request.job_id)
+        rank = request.worker_rank if request.HasField("worker_rank") else None
+        return self.master.cluster_view(request.job_id, rank)
 
     def GetLogs(self, request, context):
         try:

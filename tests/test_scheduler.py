@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from seraphim.proto import scheduler_pb2
-from seraphim.proto.errors import Unauthenticated
+from seraphim.proto.errors import InvalidArgument, Unauthenticated
 
 STATE = scheduler_pb2.JobState.Name
 
@@ -279,3 +279,19 @@ def test_kubernetes_launcher_renders_the_job_and_waits_for_its_pods(tmp_path, sc
     stateful = next(o for o in objects if o["kind"] == "StatefulSet")
     assert stateful["spec"]["replicas"] == 2
     assert stateful["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/seraphim:1"
+
+
+def test_each_worker_can_have_its_own_ps_shards(tmp_path, scheduler_factory):
+    sched = scheduler_factory("sched")
+    with sched.client() as client:
+        job = tiny_job("own-ps", steps=20, workers=2, ps=1, ps_per_worker=True)
+        status = wait_for(client, client.submit(yaml.safe_dump(job), "local", str(tmp_path)).job_id, done)
+        assert sorted(n.rank for n in status.nodes if n.role == "ps") == [0, 1]
+        views = [client.cluster_view(status.job_id, worker_rank=r) for r in (0, 1)]
+        with pytest.raises(InvalidArgument, match="its own PS shards"):
+            client.cluster_view(status.job_id)
+    assert [[(p.shard, p.address) for p in v.ps] for v in views] == [
+        [(0, node(status, "ps", 0).address)], [(0, node(status, "ps", 1).address)]]
+    run_dir = Path(status.run_dir)
+    assert (run_dir / "checkpoints" / "worker-0" / "ps-0").is_dir()
+    assert (run_dir / "checkpoints" / "worker-1" / "ps-0").is_dir()

@@ -18,5 +18,6 @@ class CTRJob(Job):
         return self.spec.steps
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
-        return train_worker(ctx.ps, "ctr", self.spec, ctx.rank, ctx.world_size, metrics_cb=ctx.report,
+        """Data-parallel over the job's shared PS; a worker with PS shards of its own trains a model of its own."""
+        return train_worker(ctx.ps, "ctr", self.spec, ctx.ps.worker_id, ctx.ps.num_workers, metrics_cb=ctx.report,
                             start_step=ctx.start_step)
