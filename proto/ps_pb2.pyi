@@ -254,20 +254,22 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("tables", "ram_budget", "ram_used", "lmdb_bytes", "evictions", "uptime_s")
+    __slots__ = ("tables", "ram_budget", "ram_used", "lmdb_bytes", "evictions", "uptime_s", "peak_rss_bytes")
     TABLES_FIELD_NUMBER: _ClassVar[int]
     RAM_BUDGET_FIELD_NUMBER: _ClassVar[int]
     RAM_USED_FIELD_NUMBER: _ClassVar[int]
     LMDB_BYTES_FIELD_NUMBER: _ClassVar[int]
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     tables: _containers.RepeatedCompositeFieldContainer[TableStats]
     ram_budget: int
     ram_used: int
     lmdb_bytes: int
     evictions: int
     uptime_s: float
-    def __init__(self, tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ..., ram_budget: _Optional[int] = ..., ram_used: _Optional[int] = ..., lmdb_bytes: _Optional[int] = ..., evictions: _Optional[int] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+    peak_rss_bytes: int
+    def __init__(self, tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ..., ram_budget: _Optional[int] = ..., ram_used: _Optional[int] = ..., lmdb_bytes: _Optional[int] = ..., evictions: _Optional[int] = ..., uptime_s: _Optional[float] = ..., peak_rss_bytes: _Optional[int] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

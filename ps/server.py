@@ -15,6 +15,7 @@ import numpy as np
 
 from seraphim.proto import ps_pb2
 from seraphim.proto.errors import AlreadyExists, InvalidArgument, NotFound
+from seraphim.proto.resources import peak_rss_bytes
 from seraphim.ps.clocks import ClockTable
 from seraphim.ps.config import PSConfig
 from seraphim.ps.psf import run_psf
@@ -142,7 +143,7 @@ class ParameterServer:
         store = store_stats.get("_store", {})
         reply = ps_pb2.StatsReply(ram_budget=int(store.get("ram_budget", 0)), ram_used=int(store.get("ram_used", 0)),
                                   lmdb_bytes=int(store.get("lmdb_bytes", 0)), evictions=int(store.get("evictions", 0)),
-                                  uptime_s=time.monotonic() - self.started)
+                                  uptime_s=time.monotonic() - self.started, peak_rss_bytes=peak_rss_bytes())
         for name, table in sorted(self.tables.items()):
             s = store_stats.get(name, {})
             pulls, pushes = self._pulls.get(name, _Counter()), self._pushes.get(name, _Counter())

@@ -207,6 +207,7 @@ def test_a_table_larger_than_the_ram_budget_spills_and_stays_correct(cluster_fac
         np.testing.assert_allclose(t.pull(keys), expected, rtol=1e-5, atol=1e-6)
         stats = ps.stats()
         assert all(s.ram_used <= s.ram_budget for s in stats)
+        assert all(s.peak_rss_bytes > s.ram_used for s in stats)
         assert sum(tab.bytes_disk for s in stats for tab in s.tables) > 4 * sum(s.ram_budget for s in stats)
 
 
