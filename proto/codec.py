@@ -6,6 +6,7 @@ InvalidArgument naming what was wrong rather than a garbled array.
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,8 +113,24 @@ def _tensor_head(name: str, shape: tuple[int, ...], nbytes: int) -> bytes:
 def encode_pull_reply(values: np.ndarray, dtype: str | None = None) -> bytes:
     """Wire bytes of ``PullReply(values=encode_array(values, dtype))``, the array copied once."""
     name, wire = _wire_array(values, dtype)
-    head = _tensor_head(name, wire.shape, wire.nbytes)
-    return b"".join((_len_field(1, len(head) + wire.nbytes), head, wire))
+    data, view = pull_reply_buffer(name, wire.shape)
+    view[...] = wire
+    return data
+
+
+def pull_reply_buffer(dtype: str, shape: tuple[int, ...]) -> tuple[bytes, np.ndarray]:
+    """The wire bytes of a ``PullReply`` for an array of `dtype` and `shape`, and a writable view of the array's
+    place in them, which the caller fills before it sends the bytes: the PS gathers rows from its pages straight
+    into the reply, so they are copied once on the way out instead of twice (gather, then join)."""
+    if dtype not in WIRE_DTYPES:
+        raise InvalidArgument(f"dtype {dtype!r} cannot travel; allowed: {sorted(WIRE_DTYPES)}")
+    wire = WIRE_DTYPES[dtype]
+    nbytes = int(np.prod(shape, dtype=np.int64)) * wire.itemsize
+    tensor = _tensor_head(dtype, tuple(shape), nbytes)
+    head = _len_field(1, len(tensor) + nbytes) + tensor
+    data, view = writable_bytes(len(head) + nbytes)
+    view[:len(head)] = np.frombuffer(head, dtype=np.uint8)
+    return data, view[len(head):].view(wire).reshape(shape)
 
 
 def encode_push_request(table: str, keys: np.ndarray, values: np.ndarray, mode: int, worker: int,
@@ -129,6 +146,34 @@ def encode_push_request(table: str, keys: np.ndarray, values: np.ndarray, mode: 
     middle = _len_field(3, len(tensor) + wire.nbytes) + tensor
     tail = (_varint(4 << 3) + _varint(mode) if mode else b"") + (_varint(5 << 3) + _varint(worker) if worker else b"")
     return b"".join((head, keys, middle, wire, tail))
+
+
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.restype = ctypes.py_object
+_new_bytes.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
+_BYTES_DATA = bytes.__basicsize__ - 1  # offset of the characters in CPython's bytes object (after its header)
+
+
+class _BytesMemory:
+    """A fresh bytes object's characters as a numpy array interface; holds the object while the array lives."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.__array_interface__ = {"data": (id(data) + _BYTES_DATA, False), "shape": (len(data),),
+                                    "typestr": "|u1", "version": 3}
+
+
+def writable_bytes(size: int) -> tuple[bytes, np.ndarray]:
+    """A new, uninitialized bytes object of `size` and a writable uint8 view of its characters.
+
+    gRPC sends only ``bytes``; building a message in a bytearray and converting it costs a copy. Like CPython's own
+    bytes.join, this writes the characters of a bytes object nobody else holds yet: fill the view, then hand the
+    bytes on and drop the view (the bytes object must not be used as a dict key or hashed before it is filled).
+    """
+    if size < 2:  # 0 and 1 byte objects may be CPython's shared singletons
+        raise ValueError(f"writable_bytes needs size >= 2, got {size}")
+    data = _new_bytes(None, size)
+    return data, np.asarray(_BytesMemory(data))
 
 
 def _read_varint(buf: bytes | memoryview, pos: int, end: int) -> tuple[int, int]:

@@ -104,8 +104,9 @@ class ParameterServer:
             self.store.snapshot(self.clocks.min_clock)
             return True
 
-    def pull(self, name: str, keys: np.ndarray, create: bool = True) -> np.ndarray:
-        values = self.table(name).pull(keys, create)
+    def pull(self, name: str, keys: np.ndarray, create: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+        """Weights of keys [len(keys), dim] in the wire dtype, written into `out` when given (see PSTable.pull)."""
+        values = self.table(name).pull(keys, create, out)
         self._pulls.setdefault(name, _Counter()).add(len(keys))
         return values
 

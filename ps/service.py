@@ -2,7 +2,8 @@
 
 A bad request gets INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ...; an unexpected failure INTERNAL with
 its message. The server keeps serving either way. Pull replies and push requests, nearly all array bytes, are
-written and read as wire bytes (proto.codec; proto.rpc.wire_handler), so the rows are copied once, not thrice.
+written and read as wire bytes (proto.codec; proto.rpc.wire_handler): a pull gathers its rows from the pages
+straight into the reply's bytes, and a push's gradients are read where they arrived.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Callable
 import grpc
 
 from seraphim.proto import ps_pb2, ps_pb2_grpc
-from seraphim.proto.codec import decode_array, decode_keys, decode_push_request, encode_array, encode_pull_reply
+from seraphim.proto.codec import decode_array, decode_keys, decode_push_request, encode_array, pull_reply_buffer
 from seraphim.proto.errors import SeraphimError
 from seraphim.proto.rpc import CHUNK_BYTES, serve_chunked, wire_handler
 from seraphim.ps.server import ParameterServer
@@ -75,10 +76,12 @@ class PSService(ps_pb2_grpc.ParameterServerServicer):
     @wire_handler(reply=True)
     @_unary
     def Pull(self, request):
-        """Answers PullReply wire bytes: the gathered rows joined to their Tensor header in one copy."""
+        """Answers PullReply wire bytes, the rows gathered from their pages straight into them (one copy)."""
         keys = decode_keys(request.keys)
-        values = self.ps.pull(request.table, keys, create=not request.read_only)
-        return encode_pull_reply(values, self.ps.table(request.table).spec.dtype)
+        table = self.ps.table(request.table)
+        reply, rows = pull_reply_buffer(table.spec.dtype, (len(keys), table.layout.dim))
+        self.ps.pull(request.table, keys, create=not request.read_only, out=rows)
+        return reply
 
     @wire_handler(request=True)
     @_unary

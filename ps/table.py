@@ -121,15 +121,28 @@ class PSTable:
     def keys_of(self, slots: np.ndarray) -> np.ndarray:
         return slots + self.row_start if self.dense else self.store.keys_of(self.name, slots)
 
-    def pull(self, keys: np.ndarray, create: bool = True) -> np.ndarray:
-        """Weights of keys in the wire dtype, [len(keys), dim]; with create=False unseen sparse keys read as zeros."""
+    def pull(self, keys: np.ndarray, create: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+        """Weights of keys in the wire dtype, [len(keys), dim]; with create=False unseen sparse keys read as zeros.
+
+        `out` (C-contiguous, wire dtype, [len(keys), dim]; a reply buffer) receives them instead of a new array: the
+        weights are copied once, from their pages into it, without the optimizer state stored beside them.
+        """
+        shape = (len(keys), self.layout.dim)
+        if out is None:
+            out = np.empty(shape, dtype=self.layout.wire_dtype)
+        elif out.shape != shape or out.dtype != self.layout.wire_dtype or not out.flags.c_contiguous:
+            raise ValueError(f"pull from {self.name!r}: out must be C-contiguous {self.layout.wire_dtype} "
+                             f"{list(shape)}, got {out.dtype} {list(out.shape)}")
+        raw = out.view(np.uint8)  # [n, weight bytes]: the prefix of each stored row
         slots = self.slots(keys, create)
         if create or self.dense:
-            return self.layout.weights_raw(self.store.gather(self.name, slots))
+            self.store.gather(self.name, slots, out=raw)
+            return out
         present = slots >= 0
-        out = np.zeros((len(keys), self.layout.dim), dtype=self.layout.wire_dtype)
+        out[~present] = 0
         if present.any():
-            out[present] = self.layout.weights_raw(self.store.gather(self.name, slots[present]))
+            raw[present] = self.store.gather(self.name, slots[present],
+                                             out=np.empty((int(present.sum()), raw.shape[1]), dtype=np.uint8))
         return out
 
     def push(self, keys: np.ndarray, values: np.ndarray, mode: int) -> None:

@@ -44,7 +44,7 @@ import numpy as np
 from seraphim.storage.arena import PageArena
 from seraphim.storage.key_index import KeyIndex
 from seraphim.storage.lmdb_tier import DURABILITY, KEY_CHUNK, LmdbTier, PageWrites, TableRecord, encode_header
-from seraphim.storage.page_kernels import frame_views, locate, pin_pages, row_view, slots_of_pages
+from seraphim.storage.page_kernels import frame_views, gather_rows, pin_pages, scatter_rows, slots_of_pages
 from seraphim.storage.write_stage import WriteStage
 
 InitRows = Callable[[np.ndarray], np.ndarray]  # slots int64 [n] -> rows uint8 [n, row_bytes] (initial contents)
@@ -68,7 +68,6 @@ class _Table:
     page_frame: np.ndarray  # page -> arena frame, -1 when not resident
     stamp: np.ndarray  # page -> id of the last op that counted it (distinct-page detection in O(n))
     count: np.ndarray  # page -> access count (uint16, aged), resident or not: the LFU rank
-    rows: np.ndarray  # the arena as [frame, row-in-page, byte] for this table's row size
     hits: int = 0
     misses: int = 0
 
@@ -211,10 +210,15 @@ class ShardStore:
             return table.index.keys_by_slot()[self._check_slots(table, slots)]
 
     # ------------------------------------------------------------------- rows
-    def gather(self, name: str, slots: np.ndarray) -> np.ndarray:
+    def gather(self, name: str, slots: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows of slots, uint8 [n, row_bytes]; or, into `out` (uint8 [n, width <= row_bytes], C-contiguous, e.g. a
+        view of a reply buffer), the first `width` bytes of each row (the weights of [weights | state] rows)."""
         with self._lock:
             table = self._get(name)
-            return self._read_rows(table, self._check_slots(table, slots))
+            slots = self._check_slots(table, slots)
+            if out is not None:
+                _check_out(out, slots.shape[0], table.row_bytes)
+            return self._read_rows(table, slots, out=out)
 
     def scatter(self, name: str, slots: np.ndarray, rows: np.ndarray) -> None:
         """Write rows (uint8 [n, row_bytes], or any dtype whose rows are row_bytes long) to unique slots."""
@@ -349,7 +353,6 @@ class ShardStore:
         table = _Table(
             record.tid, record.name, record.row_bytes, record.dense_rows, record.meta, None, rpp, index,
             np.full(n_pages, -1, dtype=np.int64), np.zeros(n_pages, dtype=np.int64), np.zeros(n_pages, dtype=np.uint16),
-            row_view(self._arena.data, rpp, record.row_bytes),
         )
         self._tables[record.name] = table
         self._by_tid[record.tid] = table
@@ -397,13 +400,17 @@ class ShardStore:
                 raise ValueError(f"slot {bad} out of range for table {table.name!r}: valid slots are 0..{table.n_slots - 1}")
         return slots
 
-    def _read_rows(self, table: _Table, slots: np.ndarray, cold: bool = False) -> np.ndarray:
-        out = np.empty((slots.shape[0], table.row_bytes), dtype=np.uint8)
+    def _read_rows(self, table: _Table, slots: np.ndarray, cold: bool = False,
+                   out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty((slots.shape[0], table.row_bytes), dtype=np.uint8)
         for sel in self._pinned_chunks(table, slots, cold):
             if sel is None:
-                out[...] = table.rows[locate(slots, table.rows_per_page, table.page_frame)]
+                gather_rows(self._arena.data, slots, table.rows_per_page, table.row_bytes, table.page_frame, out)
             else:
-                out[sel] = table.rows[locate(slots[sel], table.rows_per_page, table.page_frame)]
+                part = np.empty((sel.shape[0], out.shape[1]), dtype=np.uint8)
+                gather_rows(self._arena.data, slots[sel], table.rows_per_page, table.row_bytes, table.page_frame, part)
+                out[sel] = part
         return out
 
     def _write_rows(self, table: _Table, slots: np.ndarray, rows: np.ndarray) -> None:
@@ -416,10 +423,9 @@ class ShardStore:
                 self._put_rows(table, slots[sel], rows[sel], seq)
 
     def _put_rows(self, table: _Table, slots: np.ndarray, rows: np.ndarray, seq: int) -> None:
-        frames, offsets = locate(slots, table.rows_per_page, table.page_frame)
-        table.rows[frames, offsets] = rows
-        self._arena.dirty[frames] = True
-        self._arena.seq[frames] = seq
+        arena = self._arena
+        scatter_rows(arena.data, slots, table.rows_per_page, table.row_bytes, table.page_frame, rows, arena.dirty,
+                     arena.seq, seq)
 
     def _pinned_chunks(self, table: _Table, slots: np.ndarray, cold: bool) -> Iterator[np.ndarray | None]:
         """Make the pages of `slots` resident and pinned; yields None (all rows at once) or, when they span
@@ -588,6 +594,16 @@ class ShardStore:
             except Exception as exc:  # surfaced by the next call (_check_open): a lost write-back must not pass silently
                 self._writer_error = exc
                 return
+
+
+def _check_out(out: np.ndarray, n: int, row_bytes: int) -> None:
+    """gather's `out` must be a writeable C-contiguous uint8 [n, width] with width <= row_bytes (the kernel writes
+    n * width bytes through its data pointer)."""
+    if (not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.ndim != 2 or out.shape[0] != n
+            or not 0 < out.shape[1] <= row_bytes or not out.flags.c_contiguous or not out.flags.writeable):
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise ValueError(f"out must be a writeable C-contiguous uint8 [{n}, width] with 0 < width <= {row_bytes}, "
+                         f"got {got}")
 
 
 def _as_rows(rows: np.ndarray, n: int, row_bytes: int, what: str) -> np.ndarray:

@@ -135,3 +135,15 @@ def test_wire_readers_take_any_layout_protobuf_accepts_and_reject_damage():
     with pytest.raises(InvalidArgument, match="dtype 'complex' is unknown"):
         decode_push_request(encode_push_request("t", np.array([1]), values[:1], 0, 0).replace(b"float32",
                                                                                                 b"complex"))
+
+
+def test_pull_reply_buffer_fills_the_same_bytes_protobuf_would_send():
+    from seraphim.proto.codec import pull_reply_buffer, writable_bytes
+
+    rows = np.arange(24, dtype=np.float32).reshape(6, 4)
+    data, view = pull_reply_buffer("float32", rows.shape)
+    view[...] = rows
+    expected = ps_pb2.PullReply(values=encode_array(rows)).SerializeToString()
+    assert isinstance(data, bytes) and data == expected
+    with pytest.raises(ValueError, match="size >= 2"):
+        writable_bytes(1)
