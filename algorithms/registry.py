@@ -15,11 +15,13 @@ from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel
 
+from seraphim.proto.rpc import TlsFiles
 from seraphim.worker.client import PSClient
 
 #: algorithm name -> module that registers it
 ALGORITHM_MODULES: dict[str, str] = {
     "ctr": "seraphim.algorithms.ctr.job",
+    "gnn.gamlp": "seraphim.algorithms.gnn.job",
 }
 
 _REGISTRY: dict[str, type["Job"]] = {}
@@ -36,6 +38,16 @@ class JobContext:
     report: Callable[[int, dict[str, float]], None]
     log: logging.Logger
     start_step: int = 0  # a restarted worker resumes here: the clock the PS shards hold for its rank
+    scheduler: SchedulerAccess | None = None  # set for managed workers: jobs that submit jobs (searches) use it
+
+
+@dataclass(frozen=True)
+class SchedulerAccess:
+    """How a managed worker reaches its scheduler, for workloads whose trials are jobs of their own."""
+
+    address: str
+    token: str | None
+    tls: TlsFiles | None
 
 
 class Job(ABC):

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from seraphim.algorithms.registry import JobContext, job_class
+from seraphim.algorithms.registry import JobContext, SchedulerAccess, job_class
 from seraphim.proto.agent import SchedulerAgent
 from seraphim.proto.errors import SeraphimError
 from seraphim.proto.rpc import TlsFiles, resolve_token
@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run_rank(spec_yaml: str, source: str, rank: int, addresses: list[str], token: str | None,
              tls: TlsFiles | None, run_dir: Path, report: Callable[[int, dict[str, float]], None],
-             log: logging.Logger) -> dict[str, Any]:
+             log: logging.Logger, scheduler: SchedulerAccess | None = None) -> dict[str, Any]:
     """Connect to the PS shards and run this rank of the job from the clock the shards hold for it."""
     spec, train = parse_job_text(spec_yaml, source)
     own_ps = spec.cluster.ps_per_worker  # this worker is the only client of its own shards
@@ -57,7 +57,7 @@ def run_rank(spec_yaml: str, source: str, rank: int, addresses: list[str], token
             log.info("resuming at step %d (the clock the PS shards hold for rank %d)", start_step, rank)
         job = job_class(spec.algorithm)(train)
         ctx = JobContext(rank=rank, world_size=spec.cluster.workers, ps=ps, run_dir=run_dir, report=report,
-                         log=log, start_step=start_step)
+                         log=log, start_step=start_step, scheduler=scheduler)
         log.info("running %s rank %d of %d against %s", spec.name, rank, spec.cluster.workers, addresses)
         return job.run(ctx)
 
@@ -107,7 +107,7 @@ def _managed(a: argparse.Namespace, token: str | None, tls: TlsFiles | None, log
     run_dir = Path(reply.run_dir)
     try:
         result = run_rank(reply.spec_yaml, a.job, a.rank, [p.address for p in sorted(view.ps, key=lambda p: p.shard)],
-                          token, tls, run_dir, agent.report, log)
+                          token, tls, run_dir, agent.report, log, SchedulerAccess(a.scheduler, token, tls))
     except Exception as exc:
         agent.finish("FAILED", f"{type(exc).__name__}: {exc}")
         raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,13 @@ def _storage_root(path: str) -> Path:
     return root
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    """Run a job on local processes; Ctrl-C or SIGTERM cancels it, and nothing it started outlives it."""
+    signal.signal(signal.SIGTERM, _interrupted)
     spec, _ = load_job(args.job)
     root = _storage_root(args.runs_dir or spec.storage.dir)
     try:

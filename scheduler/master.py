@@ -94,8 +94,7 @@ class Master:
             self._job_logs[job_id] = run_dir / "logs" / "job.log"
             per_worker = " each" if spec.cluster.ps_per_worker else ""
             self._event(job_id, f"submitted: {spec.algorithm} with {spec.cluster.workers} workers and "
-                                f"{spec.cluster.ps} PS{per_worker}, "
-                                f"workers, launcher {launcher}, run directory {run_dir}")
+                                f"{spec.cluster.ps} PS{per_worker}, launcher {launcher}, run directory {run_dir}")
             if launcher == "local":
                 for node in nodes:
                     self._launch(job, node)

@@ -25,10 +25,15 @@ class ProgressBar:
         filled = int(self.width * done / max(1, self.total))
         parts = [f"[{'#' * filled}{'.' * (self.width - filled)}] step {done}/{self.total}"]
         m = status.metrics
+        if "hop" in m and "hops_total" in m:
+            parts.append(f"hop {m['hop']:.0f}/{m['hops_total']:.0f}")
         if "train_loss" in m:
             parts.append(f"loss {m['train_loss']:.4f}")
         if "auc" in m:
             parts.append(f"auc {m['auc']:.4f}")
+        for name in ("val_acc", "test_acc", "accuracy"):
+            if name in m:
+                parts.append(f"{name.replace('_', ' ')} {m[name]:.4f}")
         if "examples_per_s" in m:
             parts.append(f"{m['examples_per_s'] * max(1, status.num_workers):,.0f} ex/s")
         if status.restarts:

@@ -118,3 +118,48 @@ class PSParameters:
         future = self.table.push_async(np.arange(self.rows, dtype=np.int64), self._padded(grads))
         if wait:
             future.result()
+
+
+class PSOptimizer:
+    """A torch-optimizer stand-in for a model kept in PSParameters: ``step()`` pushes the gradients, ends the
+    worker's clock (under BSP every worker's push of this step is then applied) and pulls the updated weights, so
+    data-parallel workers stay on identical weights while the optimizer itself runs on the PS.
+
+    With ``module``, its floating-point buffers (batch-norm running statistics) are averaged over the workers at
+    every step as well, through one PS row per worker, so evaluation gives the same answer on every worker.
+    """
+
+    def __init__(self, params: PSParameters, module: torch.nn.Module | None = None) -> None:
+        self.params = params
+        client = params.client
+        self.buffers = [b for b in (module.buffers() if module is not None else ()) if b.is_floating_point()]
+        self.buffer_table: DenseTable | None = None
+        if self.buffers:
+            numel = sum(b.numel() for b in self.buffers)
+            self.buffer_table = client.dense_table(f"{params.name}.buffers", (client.num_workers, numel))
+        params.pull()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for _, p in self.params.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    def step(self) -> None:
+        self.params.push()
+        client = self.params.client
+        if self.buffer_table is not None:
+            own = torch.cat([b.detach().reshape(-1).to(torch.float32) for b in self.buffers]).numpy()
+            self.buffer_table.push_async([client.worker_id], own[None, :], mode="assign")
+        client.clock()
+        self.params.pull()
+        if self.buffer_table is not None:
+            self._load_mean(self.buffer_table.pull_all().mean(axis=0))
+
+    @torch.no_grad()
+    def _load_mean(self, flat: np.ndarray) -> None:
+        offset = 0
+        for b in self.buffers:
+            b.copy_(torch.from_numpy(flat[offset:offset + b.numel()]).view_as(b))
+            offset += b.numel()

@@ -1,0 +1,253 @@
+"""GAMLP and the other scalable decoupled GNNs as a Seraphim job: hops computed on the PS, then data-parallel training.
+
+Every worker owns a node range (balanced by edges). The job runs in clock steps, so progress and restarts follow
+the PS clocks: step 1 stores ``X^(0)`` of each range, steps 2..K+1 the feature hops, then (with a label branch)
+the label seed and its hops, then the training steps, whose model lives in a PS table with the optimizer on the
+PS. RLU stages re-propagate the label seed with the confident pseudo labels and train a fresh model per stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from seraphim.algorithms.gnn import models
+from seraphim.algorithms.gnn.csr import CSRGraph, GraphError
+from seraphim.algorithms.gnn.graph_source import GraphSourceSpec, GraphData, open_graph
+from seraphim.algorithms.gnn.hop_tables import HopTables
+from seraphim.algorithms.gnn.propagation import label_seed
+from seraphim.algorithms.gnn.ps_propagation import propagate_partition
+from seraphim.algorithms.gnn.train import (HopSource, RLUConfig, Share, Split, StageResult, TrainConfig, fit)
+from seraphim.algorithms.registry import Job, JobContext, register
+from seraphim.proto.resources import peak_rss_bytes
+from seraphim.worker.client import PSClient
+from seraphim.worker.specs import Adam
+from seraphim.worker.torch_modules import PSOptimizer, PSParameters
+
+#: columns per row of the model's PS table: with Adam's two moments a row is 3 KiB, so 4 KiB pages (the right size
+#: for hop rows read at random) hold it
+MODEL_ROW_COLS = 256
+MODEL_BUILDERS = {"sgc": models.sgc, "sign": models.sign, "s2gc": models.s2gc, "gbp": models.gbp,
+                  "gamlp": models.gamlp}
+
+
+class PropagationSpec(BaseModel):
+    """The graph operator whose powers are precomputed: ``Â = D̃^(r-1) Ã D̃^(-r)`` hops, or PPR iterates."""
+
+    model_config = ConfigDict(extra="forbid")
+    operator: Literal["laplacian", "ppr"] = "laplacian"
+    hops: int = Field(4, description="K, the number of hops (>= 1)")
+    r: float = Field(0.5, ge=0.0, le=1.0)
+    alpha: float = Field(0.15, gt=0.0, lt=1.0, description="PPR teleport probability")
+    label_hops: int = Field(0, ge=0, description="hops of label propagation for the label branch (0: none)")
+    chunk_rows: int = Field(65536, ge=1, description="rows per gathered block: bounds a worker's memory")
+
+    @model_validator(mode="after")
+    def _hops(self) -> "PropagationSpec":
+        if self.hops < 1:
+            raise ValueError(f"hops must be >= 1 (the number of propagation steps), got {self.hops}")
+        return self
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["sgc", "sign", "s2gc", "gbp", "gamlp"] = "gamlp"
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model's builder")
+
+
+class TrainingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(2048, ge=1, description="nodes per step on each worker")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(20, ge=1)
+    eval_every: int = Field(1, ge=1)
+    seed: int = 0
+
+
+class RLUSpec(BaseModel):
+    """GAMLP's reliable label utilization; ``stages: 1`` trains once, without it."""
+
+    model_config = ConfigDict(extra="forbid")
+    stages: int = Field(1, ge=1)
+    threshold: float = Field(0.85, ge=0.0, lt=1.0)
+    temperature: float = Field(1.0, gt=0)
+    gamma: float = Field(1.0, ge=0)
+
+
+class GNNSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    graph: GraphSourceSpec
+    propagation: PropagationSpec = Field(default_factory=PropagationSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    rlu: RLUSpec = Field(default_factory=RLUSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GNNSpec":
+        if self.rlu.stages > 1 and self.propagation.label_hops == 0:
+            raise ValueError("rlu.stages > 1 re-propagates pseudo labels: set propagation.label_hops >= 1")
+        return self
+
+
+def node_ranges(graph: CSRGraph, world: int) -> list[tuple[int, int]]:
+    """Contiguous node ranges, one per worker, holding about the same number of edges (the propagation's cost)."""
+    cuts = np.searchsorted(graph.indptr, np.linspace(0, graph.num_edges, world + 1)[1:-1]).tolist()
+    bounds = [0, *cuts, graph.num_nodes]
+    return [(int(bounds[i]), int(bounds[i + 1])) for i in range(world)]
+
+
+class PSHops:
+    """A training :class:`HopSource` over PS hop tables: every level's rows of a batch pulled at once."""
+
+    def __init__(self, tables: HopTables, levels: range) -> None:
+        self.tables, self.levels = tables, levels
+
+    def fetch(self, node_ids: np.ndarray) -> list[np.ndarray]:
+        return self.tables.read_levels(np.asarray(node_ids, dtype=np.int64), self.levels)
+
+
+class _Run:
+    """One worker's pass through the job's clock steps (skipping those a restarted worker finds done)."""
+
+    def __init__(self, spec: GNNSpec, ctx: JobContext, data: GraphData) -> None:
+        self.spec, self.ctx, self.data = spec, ctx, data
+        self.ps: PSClient = ctx.ps
+        self.lo, self.hi = node_ranges(data.graph, ctx.world_size)[ctx.rank]
+        self.step = ctx.start_step
+        self.hops_total = spec.propagation.hops + spec.propagation.label_hops
+        self.propagation_s = 0.0
+        self.label_round = 0
+        self.hop_bytes = 0
+
+    def barrier(self) -> None:
+        self.ps.clock()
+        self.step += 1
+
+    def _propagate(self, tables: HopTables, seed_rows: np.ndarray, hop_offset: int) -> None:
+        """Store this range's seed as level 0, then every hop; each is one clock step."""
+        p = self.spec.propagation
+        start = time.perf_counter()
+        self.hop_bytes += tables.nbytes
+        tables.write(0, self.lo, seed_rows)
+        self.barrier()
+
+        def done(level: int, seconds: float) -> None:
+            self.ctx.report(self.step - 1, {"hop": hop_offset + level, "hops_total": self.hops_total,
+                                            "hop_seconds": seconds})
+
+        teleport = p.alpha if p.operator == "ppr" and hop_offset == 0 else 0.0
+        propagate_partition(self.data.graph, tables, self.lo, self.hi, p.r, self.barrier, teleport,
+                            chunk_rows=p.chunk_rows, on_level=done)
+        self.propagation_s += time.perf_counter() - start
+
+    def features(self) -> PSHops:
+        d = self.data
+        tables = HopTables(self.ps, "gnn_x", d.graph.num_nodes, d.features.shape[1], self.spec.propagation.hops + 1)
+        self._propagate(tables, np.asarray(d.features[self.lo:self.hi], dtype=np.float32), 0)
+        return PSHops(tables, range(tables.levels))
+
+    def label_propagator(self, seed_ids: np.ndarray, seed_rows: np.ndarray) -> HopSource:
+        """The distributed LabelPropagator: each worker seeds its range, all propagate; reads ``Ŷ^(K)``."""
+        d, p = self.data, self.spec.propagation
+        tables = HopTables(self.ps, f"gnn_y{self.label_round}", d.graph.num_nodes, d.num_classes, p.label_hops + 1)
+        self.label_round += 1
+        mine = (seed_ids >= self.lo) & (seed_ids < self.hi)
+        seed = np.zeros((self.hi - self.lo, d.num_classes), np.float32)
+        seed[seed_ids[mine] - self.lo] = seed_rows[mine]
+        self._propagate(tables, seed, p.hops)
+        return PSHops(tables, range(p.label_hops, p.label_hops + 1))
+
+    def make_optimizer(self, model: torch.nn.Module, stage: int) -> PSOptimizer:
+        t = self.spec.training
+        params = PSParameters(self.ps, f"gnn_model_s{stage}", model.named_parameters(),
+                              Adam(lr=t.lr, weight_decay=t.weight_decay), cols=MODEL_ROW_COLS)
+        return PSOptimizer(params, model)
+
+    def on_step(self, loss: float) -> None:
+        self.step += 1
+        if self.step % 10 == 0:
+            self.ctx.report(self.step, {"train_loss": loss})
+
+    def on_eval(self, epoch: int, valid_acc: float) -> None:
+        self.ctx.report(self.step, {"val_acc": valid_acc, "epoch": epoch})
+
+
+def _build_model(spec: GNNSpec, in_dim: int, num_classes: int) -> torch.nn.Module:
+    p, m = spec.propagation, spec.model
+    options = dict(m.options)
+    if p.label_hops and m.kind == "gamlp":
+        options.setdefault("label_layers", 2)
+    try:
+        return MODEL_BUILDERS[m.kind](in_dim, num_classes, p.hops, **options)
+    except TypeError as exc:
+        raise GraphError(f"model.options for {m.kind}: {exc}") from None
+
+
+def run_gnn(spec: GNNSpec, ctx: JobContext) -> dict[str, Any]:
+    """Propagate on the PS, train data-parallel, and return the accuracies, timings and peak memory."""
+    health = ctx.ps.health()
+    if any(h.staleness != 0 for h in health):
+        raise GraphError("GNN jobs need consistency.staleness: 0 (each hop is a barrier over all workers)")
+    data = open_graph(spec.graph, ctx.run_dir / "graph", ctx.rank)
+    run = _Run(spec, ctx, data)
+    ctx.log.info("rank %d owns nodes [%d, %d) of %d; %d edges", ctx.rank, run.lo, run.hi, data.graph.num_nodes,
+                 data.graph.num_edges)
+    features = run.features()
+    t = spec.training
+    config = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
+                         patience=t.patience, eval_every=t.eval_every, seed=t.seed)
+    rlu = None
+    if spec.rlu.stages > 1:
+        rlu = RLUConfig(stage_epochs=(t.epochs,) * spec.rlu.stages, threshold=spec.rlu.threshold,
+                        temperature=spec.rlu.temperature, gamma=spec.rlu.gamma)
+    split = Split(data.train_idx, data.valid_idx, data.test_idx)
+    torch.manual_seed(t.seed)
+    start = time.perf_counter()
+    results = fit(lambda stage: _build_model(spec, data.features.shape[1], data.num_classes), features,
+                  np.asarray(data.labels), split, data.num_classes, config, rlu,
+                  run.label_propagator if spec.propagation.label_hops else None, ctx.log.info,
+                  Share(ctx.rank, ctx.world_size), run.make_optimizer, run.on_step, run.on_eval)
+    train_s = time.perf_counter() - start
+    final = results[-1]
+    ctx.report(run.step, {"val_acc": final.valid_acc, "test_acc": final.test_acc})
+    out: dict[str, Any] = {
+        "valid_acc": final.valid_acc, "test_acc": final.test_acc,
+        "stages": [{"stage": r.stage, "valid_acc": r.valid_acc, "test_acc": r.test_acc, "best_epoch": r.best_epoch,
+                    "confident": 0 if r.teacher is None else int(len(r.teacher.ids))} for r in results],
+        "propagation_s": run.propagation_s, "train_s": train_s, "nodes": data.graph.num_nodes,
+        "edges": data.graph.num_edges, "worker_peak_rss_bytes": peak_rss_bytes(),
+    }
+    if ctx.rank == 0:
+        stats = ctx.ps.stats()
+        out["ps_peak_rss_bytes"] = [s.peak_rss_bytes for s in stats]
+        out["ps_ram_budget_bytes"] = [s.ram_budget for s in stats]
+        out["ps_lmdb_bytes"] = [s.lmdb_bytes for s in stats]
+        out["hop_bytes"] = run.hop_bytes
+    return out
+
+
+@register("gnn.gamlp")
+class GNNJob(Job):
+    """GAMLP (or SGC, SIGN, S²GC, GBP) with hop features on the PS."""
+
+    Spec = GNNSpec
+
+    def total_steps(self) -> int:
+        """Propagation clocks plus an estimate of the training steps (early stopping may end sooner)."""
+        s: GNNSpec = self.spec
+        hops = s.propagation.hops + 1 + (s.propagation.label_hops + 1) * s.rlu.stages * (s.propagation.label_hops > 0)
+        train = s.graph.expected_train_nodes()
+        per_epoch = max(1, math.ceil(train / s.training.batch_size))
+        return hops + s.training.epochs * s.rlu.stages * per_epoch
+
+    def run(self, ctx: JobContext) -> dict[str, Any]:
+        return run_gnn(self.spec, ctx)
