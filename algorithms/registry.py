@@ -22,6 +22,7 @@ from seraphim.worker.client import PSClient
 ALGORITHM_MODULES: dict[str, str] = {
     "ctr": "seraphim.algorithms.ctr.job",
     "gnn.gamlp": "seraphim.algorithms.gnn.job",
+    "gnn.pasca": "seraphim.algorithms.gnn.search",
 }
 
 _REGISTRY: dict[str, type["Job"]] = {}

@@ -44,3 +44,29 @@ def test_gamlp_job_propagates_on_the_ps_and_trains_on_two_workers(tmp_path, sche
     metrics = (run / "metrics" / "worker-0.csv").read_text()
     assert "hop" in metrics and "val_acc" in metrics
     assert scheduler_pb2.JobState.Name(status.state) == "SUCCEEDED"
+
+
+def test_pasca_search_runs_each_trial_as_a_job_and_reports_the_pareto_front(tmp_path, scheduler_factory):
+    search = {
+        "name": "search", "algorithm": "gnn.pasca", "cluster": {"ps": 1, "workers": 1},
+        "train": {
+            "graph": {"generate": {"kind": "dcsbm", "nodes": 1500, "avg_degree": 8, "classes": 3, "feature_dim": 8}},
+            "trials": 3, "sampler": "random", "seed": 1,
+            "space": {"hops": [1, 3], "messages": ["last", "concat", "recursive_attention"], "hidden": [16]},
+            "training": {"epochs": 4, "batch_size": 256, "lr": 0.01},
+            "trial_cluster": {"ps": 1, "workers": 1, "ram_mb": 8},
+        },
+    }
+    sched = scheduler_factory("sched")
+    with sched.client() as client:
+        status = client.submit(yaml.safe_dump(search), "local", str(tmp_path))
+        status = wait_for(client, status.job_id, done, timeout=240)
+        trial_jobs = [j for j in client.jobs() if j.name.startswith("search-t")]
+    assert len(trial_jobs) == 3 and all(scheduler_pb2.JobState.Name(j.state) == "SUCCEEDED" for j in trial_jobs)
+    run = Path(status.run_dir)
+    report = json.loads((run / "pareto.json").read_text())
+    front = report["front"]
+    assert len(report["trials"]) == 3 and 1 <= len(front) <= 3
+    for p in report["trials"]:  # nothing outside the front beats a front member on both objectives
+        assert not any(p["valid_acc"] > f["valid_acc"] and p["seconds"] < f["seconds"] for f in front)
+    assert (run / "pareto.png").stat().st_size > 1000
