@@ -8,10 +8,8 @@ PS. RLU stages re-propagate the label seed with the confident pseudo labels and 
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -22,9 +20,8 @@ from seraphim.algorithms.gnn import models
 from seraphim.algorithms.gnn.csr import CSRGraph, GraphError
 from seraphim.algorithms.gnn.graph_source import GraphSourceSpec, GraphData, open_graph
 from seraphim.algorithms.gnn.hop_tables import HopTables
-from seraphim.algorithms.gnn.propagation import label_seed
 from seraphim.algorithms.gnn.ps_propagation import propagate_partition
-from seraphim.algorithms.gnn.train import (HopSource, RLUConfig, Share, Split, StageResult, TrainConfig, fit)
+from seraphim.algorithms.gnn.train import HopSource, RLUConfig, Share, Split, TrainConfig, fit
 from seraphim.algorithms.registry import Job, JobContext, register
 from seraphim.proto.resources import peak_rss_bytes
 from seraphim.worker.client import PSClient
