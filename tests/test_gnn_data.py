@@ -12,7 +12,8 @@ from seraphim.algorithms.gnn.csr import GraphError
 from seraphim.algorithms.gnn.graph_gen import DCSBMSpec, RMATSpec, generate
 from seraphim.algorithms.gnn.graph_io import build_csr, convert_ogb, load_graph
 from seraphim.algorithms.gnn.graph_source import GraphSourceSpec
-from seraphim.algorithms.gnn.job import GNNSpec, node_ranges
+from seraphim.algorithms.gnn.graph_source import worker_ranges
+from seraphim.algorithms.gnn.job import GNNSpec
 
 
 def _edge_homophily(data) -> float:
@@ -121,7 +122,7 @@ def test_a_job_spec_with_zero_hops_or_two_sources_is_refused():
 
 def test_node_ranges_cover_every_node_once_and_balance_edges(tmp_path):
     data = generate(DCSBMSpec(nodes=5000, avg_degree=10, feature_dim=4), tmp_path / "g")
-    ranges = node_ranges(data.graph, 3)
+    ranges = worker_ranges(GraphSourceSpec(path=str(tmp_path / "g")), tmp_path, data, 3)
     assert ranges[0][0] == 0 and ranges[-1][1] == 5000
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     edges = [int(data.graph.indptr[hi] - data.graph.indptr[lo]) for lo, hi in ranges]

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Union
+from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from seraphim.algorithms.gnn.csr import GraphError
 from seraphim.algorithms.gnn.graph_gen import DCSBMSpec, RMATSpec, generate
 from seraphim.algorithms.gnn.graph_io import GraphData, convert_ogb, load_graph
+from seraphim.algorithms.gnn.partition import load_bounds, metis_partition, range_partition, relabel_graph
 
-__all__ = ["GraphSourceSpec", "GraphData", "open_graph"]
+__all__ = ["GraphSourceSpec", "GraphData", "open_graph", "worker_ranges"]
 
 
 class GraphSourceSpec(BaseModel):
@@ -26,6 +27,9 @@ class GraphSourceSpec(BaseModel):
     path: str | None = None
     ogb: str | None = None
     generate: Union[DCSBMSpec, RMATSpec, None] = Field(None, discriminator="kind")
+    partition: Literal["range", "metis"] = Field(
+        "range", description="range: contiguous ids balanced by edges; metis: METIS parts (through DGL), the graph "
+                             "relabeled once so each part is a contiguous range")
 
     @model_validator(mode="after")
     def _one(self) -> "GraphSourceSpec":
@@ -48,16 +52,38 @@ class GraphSourceSpec(BaseModel):
         return 1
 
 
-def open_graph(spec: GraphSourceSpec, work_dir: Path, rank: int, timeout_s: float = 3600.0) -> GraphData:
-    """The job's graph; generated or converted into ``work_dir`` by rank 0 the first time."""
+def _wait_for(directory: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not (directory / "meta.json").exists():
+        if time.monotonic() > deadline:
+            raise GraphError(f"waited {timeout_s:.0f}s for worker 0 to write the graph into {directory}")
+        time.sleep(0.2)
+
+
+def open_graph(spec: GraphSourceSpec, work_dir: Path, rank: int, world: int = 1,
+               timeout_s: float = 3600.0) -> GraphData:
+    """The job's graph; generated or converted into ``work_dir`` by rank 0 the first time, and relabeled into
+    ``work_dir/metis-<world>`` when the spec asks for METIS parts."""
     if spec.path is not None:
-        return load_graph(spec.path)
-    if not (work_dir / "meta.json").exists():
-        if rank == 0:
-            return generate(spec.generate, work_dir) if spec.generate is not None else convert_ogb(spec.ogb, work_dir)
-        deadline = time.monotonic() + timeout_s
-        while not (work_dir / "meta.json").exists():
-            if time.monotonic() > deadline:
-                raise GraphError(f"waited {timeout_s:.0f}s for worker 0 to write the graph into {work_dir}")
-            time.sleep(0.2)
-    return load_graph(work_dir)
+        data = load_graph(spec.path)
+    elif (work_dir / "meta.json").exists() or rank != 0:
+        _wait_for(work_dir, timeout_s)
+        data = load_graph(work_dir)
+    else:
+        data = generate(spec.generate, work_dir) if spec.generate is not None else convert_ogb(spec.ogb, work_dir)
+    if spec.partition == "range" or world == 1:
+        return data
+    parted = work_dir / f"metis-{world}"
+    if not (parted / "meta.json").exists():
+        if rank != 0:
+            _wait_for(parted, timeout_s)
+            return load_graph(parted)
+        return relabel_graph(data, metis_partition(data.graph, world), parted)
+    return load_graph(parted)
+
+
+def worker_ranges(spec: GraphSourceSpec, work_dir: Path, data: GraphData, world: int) -> list[tuple[int, int]]:
+    """Each worker's contiguous node range: METIS parts after relabeling, else ranges balanced by edges."""
+    if spec.partition == "metis" and world > 1:
+        return load_bounds(work_dir / f"metis-{world}")
+    return range_partition(data.graph, world).ranges()

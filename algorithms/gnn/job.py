@@ -17,8 +17,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from seraphim.algorithms.gnn import models
-from seraphim.algorithms.gnn.csr import CSRGraph, GraphError
-from seraphim.algorithms.gnn.graph_source import GraphSourceSpec, GraphData, open_graph
+from seraphim.algorithms.gnn.csr import GraphError
+from seraphim.algorithms.gnn.graph_source import GraphData, GraphSourceSpec, open_graph, worker_ranges
 from seraphim.algorithms.gnn.hop_tables import HopTables
 from seraphim.algorithms.gnn.ps_propagation import propagate_partition
 from seraphim.algorithms.gnn.train import HopSource, RLUConfig, Share, Split, TrainConfig, fit
@@ -95,13 +95,6 @@ class GNNSpec(BaseModel):
         return self
 
 
-def node_ranges(graph: CSRGraph, world: int) -> list[tuple[int, int]]:
-    """Contiguous node ranges, one per worker, holding about the same number of edges (the propagation's cost)."""
-    cuts = np.searchsorted(graph.indptr, np.linspace(0, graph.num_edges, world + 1)[1:-1]).tolist()
-    bounds = [0, *cuts, graph.num_nodes]
-    return [(int(bounds[i]), int(bounds[i + 1])) for i in range(world)]
-
-
 class PSHops:
     """A training :class:`HopSource` over PS hop tables: every level's rows of a batch pulled at once."""
 
@@ -118,7 +111,7 @@ class _Run:
     def __init__(self, spec: GNNSpec, ctx: JobContext, data: GraphData) -> None:
         self.spec, self.ctx, self.data = spec, ctx, data
         self.ps: PSClient = ctx.ps
-        self.lo, self.hi = node_ranges(data.graph, ctx.world_size)[ctx.rank]
+        self.lo, self.hi = worker_ranges(spec.graph, ctx.run_dir / "graph", data, ctx.world_size)[ctx.rank]
         self.step = ctx.start_step
         self.hops_total = spec.propagation.hops + spec.propagation.label_hops
         self.propagation_s = 0.0
@@ -194,7 +187,7 @@ def run_gnn(spec: GNNSpec, ctx: JobContext) -> dict[str, Any]:
     health = ctx.ps.health()
     if any(h.staleness != 0 for h in health):
         raise GraphError("GNN jobs need consistency.staleness: 0 (each hop is a barrier over all workers)")
-    data = open_graph(spec.graph, ctx.run_dir / "graph", ctx.rank)
+    data = open_graph(spec.graph, ctx.run_dir / "graph", ctx.rank, ctx.world_size)
     run = _Run(spec, ctx, data)
     ctx.log.info("rank %d owns nodes [%d, %d) of %d; %d edges", ctx.rank, run.lo, run.hi, data.graph.num_nodes,
                  data.graph.num_edges)
