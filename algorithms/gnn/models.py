@@ -18,7 +18,7 @@ from seraphim.algorithms.gnn.operators import (
     RecursiveAttention, WeightedMessage,
 )
 
-__all__ = ["SGAPModel", "InitialResidualMLP", "sgc", "sign", "s2gc", "gbp", "gamlp"]
+__all__ = ["SGAPModel", "InitialResidualMLP", "InputResidual", "sgc", "sign", "s2gc", "gbp", "gamlp"]
 
 
 class SGAPModel(nn.Module):
@@ -87,6 +87,23 @@ class InitialResidualMLP(nn.Module):
         return self.last(self.dropout(self.acts[-1](h)))
 
 
+class InputResidual(MessageOp):
+    """``dropout(PReLU(inner(hops) + W X^(0)))``: GAMLP's ``--residual``, a direct path from the raw features
+    past the hop combination, for nodes whose neighbourhood misleads."""
+
+    def __init__(self, inner: MessageOp, in_dim: int, width: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.inner = inner
+        self.project = nn.Linear(in_dim, width)
+        self.act, self.dropout = nn.PReLU(), nn.Dropout(dropout)
+
+    def out_dim(self, in_dim: int) -> int:
+        return self.inner.out_dim(in_dim)
+
+    def forward(self, hops: Sequence[Tensor]) -> Tensor:
+        return self.dropout(self.act(self.inner(hops) + self.project(hops[0])))
+
+
 def _head(in_dim: int, hidden: int, num_classes: int, layers: int, dropout: float) -> nn.Module:
     return MLP(in_dim, hidden, num_classes, layers, dropout)
 
@@ -124,12 +141,13 @@ def gbp(in_dim: int, num_classes: int, hops: int, *, beta: float = 0.15, hidden:
 def gamlp(in_dim: int, num_classes: int, hops: int, *, attention: str = "recursive", hidden: int = 512,
           hop_layers: int = 2, out_layers: int = 4, jk_layers: int = 2, dropout: float = 0.5,
           input_dropout: float = 0.0, att_dropout: float = 0.0, act: str = "leaky_relu", alpha: float = 0.5,
-          label_layers: int = 0, label_dropout: float = 0.0, r: float = 0.5) -> SGAPModel:
+          label_layers: int = 0, label_dropout: float = 0.0, residual: bool = False, r: float = 0.5) -> SGAPModel:
     """GAMLP with ``attention`` ``"recursive"`` or ``"jk"`` over hops 0..``hops``.
 
     ``hop_layers`` > 0 puts a per-hop MLP of that depth before the attention (the authors' ``--pre-process``, used
     in every published configuration); 0 attends over the raw hop features. ``label_layers`` > 0 adds the label
-    branch ``MLP(Ŷ^(K))`` to the output (GAMLP's label utilization; the input of RLU).
+    branch ``MLP(Ŷ^(K))`` to the output (GAMLP's label utilization; the input of RLU). ``residual`` adds the
+    authors' input residual (:class:`InputResidual`).
     """
     levels = hops + 1
     width = hidden if hop_layers > 0 else in_dim
@@ -140,6 +158,8 @@ def gamlp(in_dim: int, num_classes: int, hops: int, *, attention: str = "recursi
     else:
         raise ValueError(f"GAMLP attention must be 'recursive' or 'jk', got {attention!r}")
     message = ProjectedMessage(in_dim, hidden, levels, attend, hop_layers, dropout) if hop_layers > 0 else attend
+    if residual:
+        message = InputResidual(message, in_dim, message.out_dim(in_dim), dropout)
     head = InitialResidualMLP(message.out_dim(in_dim), hidden, num_classes, out_layers, dropout, alpha)
     label_head = MLP(num_classes, hidden, num_classes, label_layers, dropout) if label_layers > 0 else None
     return SGAPModel(LaplacianOp(hops, r), message, head, label_head=label_head, input_dropout=input_dropout,

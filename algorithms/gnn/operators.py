@@ -112,14 +112,12 @@ class HeatOp(GraphOp):
 
     def coefficients(self) -> np.ndarray:
         """float64 ``[hops + 1, terms + 1]``: row ``l`` weights the powers ``Â^0..Â^terms`` for level ``l``."""
-        times = self.t * np.arange(self.levels) / self.hops
-        j = np.arange(self.terms + 1)
+        times = self.t * np.arange(1, self.levels)[:, None] / self.hops
+        j = np.arange(self.terms + 1, dtype=np.float64)
         log_fact = np.array([math.lgamma(v + 1.0) for v in j])
-        with np.errstate(divide="ignore"):
-            log_t = np.where(times[:, None] > 0, np.log(np.maximum(times[:, None], 1e-300)), -np.inf)
-        coef = np.exp(-times[:, None] + j[None, :] * log_t - log_fact[None, :])
-        coef[0] = 0.0
+        coef = np.zeros((self.levels, self.terms + 1))
         coef[0, 0] = 1.0
+        coef[1:] = np.exp(-times + j * np.log(times) - log_fact)
         return coef
 
     def __call__(self, graph: CSRGraph, x: np.ndarray) -> list[np.ndarray]:

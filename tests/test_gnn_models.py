@@ -1,0 +1,307 @@
+"""PasCa operators, GAMLP and the SGAP baselines, the mini-batch trainer and RLU, on hand-made tensors and small graphs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from seraphim.algorithms.gnn import models
+from seraphim.algorithms.gnn.csr import CSRGraph, GraphError
+from seraphim.algorithms.gnn.operators import (
+    ConcatMessage, CorrectAndSmooth, GateMessage, HeatOp, JKAttention, LabelPropagationPost, LaplacianOp,
+    LastMessage, LearnableWeightedMessage, MaxMessage, MeanMessage, PPROp, ProjectedMessage, RecursiveAttention,
+    SumMessage, WeightedMessage,
+)
+from seraphim.algorithms.gnn.propagation import hops as propagate_hops
+from seraphim.algorithms.gnn.train import (
+    InMemoryHops, RLUConfig, Split, TrainConfig, fit, graph_label_propagator, predict,
+)
+
+SMALL = dict(n=2400, classes=4, dim=16)
+
+
+def csr_from_edges(n: int, src: np.ndarray, dst: np.ndarray) -> CSRGraph:
+    """Undirected CSR (both directions, no self-loops, no repeats) from an edge list."""
+    keep = src != dst
+    keys = np.unique(np.concatenate([src[keep] * n + dst[keep], dst[keep] * n + src[keep]]))
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(keys // n, minlength=n), out=indptr[1:])
+    return CSRGraph(indptr, (keys % n).astype(np.int64))
+
+
+def dense_prop(graph: CSRGraph, r: float) -> np.ndarray:
+    """D̃^(r-1)(A+I)D̃^(-r) as a dense float64 matrix."""
+    n = graph.num_nodes
+    a = np.zeros((n, n))
+    a[np.repeat(np.arange(n), graph.degrees()), graph.indices] = 1.0
+    np.fill_diagonal(a, 1.0)
+    deg = a.sum(1)
+    return (deg ** (r - 1))[:, None] * a * (deg ** -r)[None, :]
+
+
+def planted_graph(n: int, classes: int, dim: int, seed: int, snr: float = 0.5, homophily: float = 0.85,
+                  degree: int = 8) -> tuple[CSRGraph, np.ndarray, np.ndarray]:
+    """Planted-partition graph with weak Gaussian features: hops are needed to classify well."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    m = n * degree // 2
+    src = rng.integers(0, n, m)
+    same = rng.random(m) < homophily
+    members = [np.nonzero(y == c)[0] for c in range(classes)]
+    target_class = np.where(same, y[src], rng.integers(0, classes, m))
+    dst = np.array([members[c][rng.integers(0, len(members[c]))] for c in target_class], np.int64)
+    centers = rng.standard_normal((classes, dim))
+    x = (snr * centers[y] + rng.standard_normal((n, dim))).astype(np.float32)
+    return csr_from_edges(n, src.astype(np.int64), dst), x, y.astype(np.int64)
+
+
+def random_split(n: int, seed: int, train: float = 0.1, valid: float = 0.2) -> Split:
+    perm = np.random.default_rng(seed).permutation(n).astype(np.int64)
+    a, b = int(n * train), int(n * (train + valid))
+    return Split(perm[:a], perm[a:b], perm[b:])
+
+
+@pytest.fixture(scope="module")
+def small_task():
+    graph, x, y = planted_graph(SMALL["n"], SMALL["classes"], SMALL["dim"], seed=3)
+    return graph, x, y, random_split(SMALL["n"], seed=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_graph() -> CSRGraph:
+    rng = np.random.default_rng(0)
+    return csr_from_edges(12, rng.integers(0, 12, 30), rng.integers(0, 12, 30))
+
+
+# ------------------------------------------------------------------------------------------------ graph operators
+def test_graph_operators_match_dense_references(tiny_graph):
+    x = np.random.default_rng(1).standard_normal((12, 3)).astype(np.float32)
+    p = dense_prop(tiny_graph, 0.5)
+    lap = LaplacianOp(hops=3)(tiny_graph, x)
+    assert len(lap) == LaplacianOp(3).levels == 4
+    np.testing.assert_allclose(lap[3], np.linalg.matrix_power(p, 3) @ x, rtol=1e-4, atol=1e-5)
+    z = x.astype(np.float64)
+    for _ in range(4):
+        z = 0.8 * p @ z + 0.2 * x
+    np.testing.assert_allclose(PPROp(hops=4, alpha=0.2)(tiny_graph, x)[4], z, rtol=1e-4, atol=1e-5)
+    heat = HeatOp(hops=2, t=2.0, terms=20)(tiny_graph, x)
+    evals, evecs = np.linalg.eigh(dense_prop(tiny_graph, 0.5))           # symmetric for r = 0.5
+    for level, t in [(0, 0.0), (1, 1.0), (2, 2.0)]:
+        kernel = evecs @ np.diag(np.exp(-t * (1 - evals))) @ evecs.T
+        np.testing.assert_allclose(heat[level], kernel @ x, rtol=1e-4, atol=1e-5)
+    with pytest.raises(GraphError, match="hops >= 1"):
+        LaplacianOp(hops=0)
+    with pytest.raises(GraphError, match="alpha"):
+        PPROp(hops=2, alpha=1.5)
+
+
+# ---------------------------------------------------------------------------------------------- message operators
+def test_fixed_message_operators_on_hand_made_tensors():
+    hops = [torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0, 0.0]]), torch.tensor([[-1.0, 4.0]])]
+    assert torch.equal(LastMessage()(hops), torch.tensor([[-1.0, 4.0]]))
+    assert torch.allclose(MeanMessage()(hops), torch.tensor([[1.0, 2.0 / 3.0]]))
+    assert torch.equal(SumMessage()(hops), torch.tensor([[3.0, 2.0]]))
+    assert torch.equal(MaxMessage()(hops), torch.tensor([[3.0, 4.0]]))
+    assert torch.equal(ConcatMessage(3)(hops), torch.tensor([[1.0, -2.0, 3.0, 0.0, -1.0, 4.0]]))
+    assert ConcatMessage(3).out_dim(2) == 6
+    assert torch.allclose(WeightedMessage([0.5, 0.25, 0.25])(hops), torch.tensor([[1.0, 0.0]]))
+    assert torch.allclose(WeightedMessage.s2gc(2, alpha=0.2).weights, torch.tensor([0.2, 0.4, 0.4]))
+    assert torch.allclose(WeightedMessage.gbp(2, beta=0.5).weights, torch.tensor([0.5, 0.25, 0.125]))
+    assert torch.allclose(LearnableWeightedMessage(3)(hops), MeanMessage()(hops))    # θ = 0 starts uniform
+    with pytest.raises(ValueError, match="built for 2 hop levels"):
+        WeightedMessage([0.5, 0.5])(hops)
+
+
+def _hops(batch: int = 5, levels: int = 4, dim: int = 6, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, dim, generator=g) for _ in range(levels)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GateMessage(6, 4),
+    lambda: RecursiveAttention(6, 4, act="sigmoid"),
+    lambda: JKAttention(6, 4, hidden=8),
+])
+def test_adaptive_weights_are_a_softmax_over_hops_per_node(make):
+    torch.manual_seed(0)
+    op = make().eval()
+    hops = _hops()
+    w = op.weights(hops)
+    assert w.shape == (5, 4)
+    assert torch.all(w > 0)
+    assert torch.allclose(w.sum(1), torch.ones(5), atol=1e-6)
+    assert w.std(0).sum() > 0                       # node-adaptive: rows differ
+    expected = sum(w[:, l:l + 1] * hops[l] for l in range(4))
+    assert torch.allclose(op(hops), expected, atol=1e-6)
+
+
+def test_recursive_attention_matches_the_paper_recursion():
+    torch.manual_seed(1)
+    op = RecursiveAttention(3, 4, act="leaky_relu").eval()
+    hops = _hops(batch=2, levels=4, dim=3, seed=2)
+    s, b = op.score.weight[0].detach(), op.score.bias.detach()[0]
+    delta = torch.nn.functional.leaky_relu
+    for i in range(2):
+        x = [h[i] for h in hops]
+        scores = [delta(torch.dot(s, torch.cat([x[0], x[0]])) + b, 0.2)]
+        for l in range(1, 4):
+            w = torch.softmax(torch.stack(scores), 0)
+            history = sum(w[k] * x[k] for k in range(l))
+            scores.append(delta(torch.dot(s, torch.cat([x[l], history])) + b, 0.2))
+        assert torch.allclose(op.weights(hops)[i], torch.softmax(torch.stack(scores), 0), atol=1e-6)
+
+
+def test_jk_attention_scores_each_hop_against_one_reference():
+    torch.manual_seed(2)
+    op = JKAttention(3, 3, hidden=4, ref_layers=2).eval()
+    hops = _hops(batch=2, levels=3, dim=3, seed=3)
+    ref = op.reference(torch.cat(hops, dim=1))
+    scores = torch.cat([op.act(op.score(torch.cat([h, ref], dim=1))) for h in hops], dim=1)
+    assert torch.allclose(op.weights(hops), torch.softmax(scores, 1), atol=1e-6)
+
+
+def test_projected_concat_is_sign_and_keeps_widths():
+    op = ProjectedMessage(6, 10, 4, ConcatMessage(4))
+    assert op.out_dim(6) == 40
+    assert op(_hops()).shape == (5, 40)
+
+
+# ------------------------------------------------------------------------------------------------------ builders
+@pytest.mark.parametrize("build", [
+    lambda: models.sgc(6, 3, 3),
+    lambda: models.sign(6, 3, 3, hidden=8),
+    lambda: models.s2gc(6, 3, 3),
+    lambda: models.gbp(6, 3, 3, hidden=8),
+    lambda: models.gamlp(6, 3, 3, hidden=8),
+    lambda: models.gamlp(6, 3, 3, hidden=8, attention="jk"),
+    lambda: models.gamlp(6, 3, 3, hidden=8, hop_layers=0, out_layers=3, label_layers=2),
+])
+def test_builders_run_forward_and_backward(build):
+    torch.manual_seed(0)
+    model = build()
+    hops = _hops(batch=7, levels=4, dim=6)
+    labels_in = torch.rand(7, 3) if model.uses_labels else None
+    out = model(hops, labels_in)
+    assert out.shape == (7, 3)
+    torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 2, 0, 1, 2, 0])).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_gamlp_label_branch_requires_label_input():
+    model = models.gamlp(6, 3, 2, hidden=8, label_layers=1)
+    with pytest.raises(ValueError, match="label_input"):
+        model(_hops(levels=3))
+    with pytest.raises(ValueError, match="'recursive' or 'jk'"):
+        models.gamlp(6, 3, 2, attention="gat")
+
+
+# -------------------------------------------------------------------------------------------------------- training
+def test_gamlp_learns_a_planted_partition_well_above_chance(small_task):
+    graph, x, y, split = small_task
+    features = InMemoryHops(LaplacianOp(4)(graph, x))
+    raw = InMemoryHops([x])
+    config = TrainConfig(epochs=40, batch_size=128, lr=5e-3, patience=10, seed=0)
+    gamlp = fit(lambda _: models.gamlp(16, 4, 4, hidden=32, dropout=0.2), features, y, split, 4, config)[0]
+    mlp = fit(lambda _: models.sgc(16, 4, 1, hidden=32, layers=2), raw, y, split, 4, config)[0]
+    assert gamlp.test_acc > 0.25 + 0.45                  # chance is 1/4
+    assert gamlp.test_acc > mlp.test_acc + 0.1           # the hops carry the label signal the features lack
+
+
+def test_training_is_deterministic_for_a_seed(small_task):
+    graph, x, y, split = small_task
+    features = InMemoryHops(LaplacianOp(2)(graph, x))
+    config = TrainConfig(epochs=3, batch_size=256, seed=7)
+    runs = [fit(lambda _: models.gamlp(16, 4, 2, hidden=16), features, y, split, 4, config)[0] for _ in range(2)]
+    np.testing.assert_array_equal(runs[0].eval_logits, runs[1].eval_logits)
+
+
+def test_rlu_stage_two_seeds_labels_with_confident_pseudo_labels(small_task):
+    graph, x, y, split = small_task
+    features = InMemoryHops(LaplacianOp(3)(graph, x))
+    seeds: list[np.ndarray] = []
+    propagate = graph_label_propagator(graph, LaplacianOp(3))
+
+    def recording(ids: np.ndarray, rows: np.ndarray):
+        seed = np.zeros((graph.num_nodes, 4), np.float32)
+        seed[ids] = rows
+        seeds.append(seed)
+        return propagate(ids, rows)
+
+    rlu = RLUConfig(stage_epochs=(25, 8), threshold=0.9, temperature=0.5, gamma=1.0)
+    config = TrainConfig(batch_size=128, lr=5e-3, patience=8, seed=1)
+    stages = fit(lambda _: models.gamlp(16, 4, 3, hidden=32, dropout=0.2, label_layers=2), features, y, split, 4,
+                 config, rlu, recording)
+    assert len(stages) == len(seeds) == 2
+    first, second = stages
+    teacher = second.teacher
+    assert first.teacher is None and teacher is not None and len(teacher.ids) > 0
+    assert np.isin(teacher.ids, split.evaluated).all()
+    assert (teacher.probs.max(1) > 0.9).all()
+    scaled = first.eval_logits / 0.5                      # the teacher is stage 1's best model at temperature T
+    expected = np.exp(scaled - scaled.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    position = {int(v): i for i, v in enumerate(split.evaluated)}
+    np.testing.assert_allclose(teacher.probs, expected[[position[int(i)] for i in teacher.ids]], rtol=1e-5)
+    changed = np.nonzero(np.any(seeds[1] != seeds[0], axis=1))[0]
+    np.testing.assert_array_equal(np.sort(changed), np.sort(teacher.ids))       # only the confident rows changed
+    np.testing.assert_array_equal(seeds[1][teacher.ids], teacher.probs)
+    np.testing.assert_array_equal(seeds[1][split.train], np.eye(4, dtype=np.float32)[y[split.train]])
+    assert second.pseudo_acc > 0.8
+
+
+def test_predict_reads_the_label_branch_input(small_task):
+    graph, x, y, split = small_task
+    features = InMemoryHops(LaplacianOp(2)(graph, x))
+    torch.manual_seed(0)
+    model = models.gamlp(16, 4, 2, hidden=16, label_layers=1)
+    ids = split.valid[:50]
+    zero = InMemoryHops([np.zeros((graph.num_nodes, 4), np.float32)])
+    ones = InMemoryHops([np.ones((graph.num_nodes, 4), np.float32)])
+    assert not np.allclose(predict(model, features, ids, zero), predict(model, features, ids, ones))
+
+
+def test_split_and_sources_reject_bad_inputs():
+    with pytest.raises(GraphError, match="disjoint"):
+        Split(np.array([0, 1]), np.array([1, 2]), np.array([3]))
+    with pytest.raises(GraphError, match="int64"):
+        Split(np.array([0.0]), np.array([1]), np.array([2]))
+    with pytest.raises(GraphError, match="same 2-D"):
+        InMemoryHops([np.zeros((3, 2), np.float32), np.zeros((4, 2), np.float32)])
+    with pytest.raises(ValueError, match="threshold"):
+        RLUConfig(threshold=1.0)
+
+
+# ------------------------------------------------------------------------------------------------ post-processing
+def test_label_propagation_post_resets_training_rows_then_propagates(tiny_graph):
+    logits = np.random.default_rng(5).standard_normal((12, 3)).astype(np.float32)
+    labels = np.arange(12) % 3
+    train = np.array([0, 4, 8], np.int64)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    probs[train] = np.eye(3)[labels[train]]
+    p = dense_prop(tiny_graph, 0.5)
+    out = LabelPropagationPost(LaplacianOp(2))(tiny_graph, logits, labels, train)
+    np.testing.assert_allclose(out, p @ p @ probs, rtol=1e-4, atol=1e-5)
+    mean = LabelPropagationPost(LaplacianOp(2), MeanMessage())(tiny_graph, logits, labels, train)
+    np.testing.assert_allclose(mean, (probs + p @ probs + p @ p @ probs) / 3, rtol=1e-4, atol=1e-5)
+
+
+def test_post_processing_improves_a_weak_classifier(small_task):
+    graph, x, y, split = small_task
+    rng = np.random.default_rng(0)
+    logits = (np.eye(4)[y] * 1.0 + rng.standard_normal((len(y), 4)) * 1.2).astype(np.float32)   # ~60% right
+    before = float((logits[split.test].argmax(1) == y[split.test]).mean())
+    model = models.SGAPModel(LaplacianOp(2), LastMessage(), torch.nn.Identity(),
+                             post=LabelPropagationPost(LaplacianOp(3)))
+    lp = model.postprocess(graph, logits, y, split.train)
+    cs = CorrectAndSmooth(correct_iters=20, smooth_iters=20)(graph, logits, y, split.train)
+    for scores in (lp, cs):
+        assert scores.shape == logits.shape
+        assert float((scores[split.test].argmax(1) == y[split.test]).mean()) > before + 0.15
+    assert math.isfinite(float(cs.sum()))
+    assert models.SGAPModel(LaplacianOp(2), LastMessage(), torch.nn.Identity()).postprocess(
+        graph, logits, y, split.train) is logits
