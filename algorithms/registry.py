@@ -23,6 +23,7 @@ ALGORITHM_MODULES: dict[str, str] = {
     "ctr": "seraphim.algorithms.ctr.job",
     "gnn.gamlp": "seraphim.algorithms.gnn.job",
     "gnn.pasca": "seraphim.algorithms.gnn.search",
+    "vfl.blindfl": "seraphim.algorithms.vfl.job",
 }
 
 _REGISTRY: dict[str, type["Job"]] = {}

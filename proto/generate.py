@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
-PROTO_FILES = ("common.proto", "ps.proto", "scheduler.proto")
+PROTO_FILES = ("common.proto", "ps.proto", "scheduler.proto", "exchange.proto")
 
 
 def generate(out_dir: Path) -> list[Path]:
