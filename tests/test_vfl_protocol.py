@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -212,10 +212,12 @@ def test_wide_and_deep_over_three_parties_equals_central(keys):
     assert [layer.name for layer in trainers[LABEL].layers] == ["wide", "embed", "deep"]
     assert set(trainers["f2"].layers[0].seeds) == {"f1"}
     central = CentralModel(parts, LABEL, config, weights=_weights(trainers, keys))
-    batches, _ = _batches(len(parts[LABEL]), 40, 1)
-    batches = batches[:3]
+    batches, val = _batches(len(parts[LABEL]), 40, 2)
     fed = _train(trainers, batches, hub)
     assert np.allclose(fed, [central.train_step(b) for b in batches], atol=1e-5)
+    got = _parallel(list(parts), lambda p: trainers[p].evaluate(val), hub)[LABEL]
+    want = central.evaluate(val)
+    assert abs(got["accuracy"] - want["accuracy"]) <= 0.01 and abs(got["auc"] - want["auc"]) <= 0.01
 
 
 # ------------------------------------------------------------------------------------------------- privacy

@@ -462,7 +462,6 @@ class SourceLayer:
     passes the same ``in_dims``, ``out_dim`` and ``precision``.
     """
 
-    kind = ""
     sums = True  #: outputs of the parties add up (MatMul) or are concatenated (Embed)
 
     def __init__(self, name: str, channel: PartyChannel, keys: PartyKeys, label_party: str,
@@ -770,7 +769,6 @@ class SourceLayer:
 class MatMulSourceLayer(SourceLayer):
     """Z = Σ_p X_p W_p for dense or CSR sparse inputs; ciphertext work ∝ non-zeros of the batch."""
 
-    kind = "matmul"
     sums = True
 
     def _prepare(self, x):
@@ -807,7 +805,6 @@ class EmbedSourceLayer(SourceLayer):
     table), concatenated over the parties (label party first, then feature parties by name). The ciphertext
     product is a gather and the update a scatter-add of the touched rows."""
 
-    kind = "embed"
     sums = False
 
     def __init__(self, name: str, channel: PartyChannel, keys: PartyKeys, label_party: str,
