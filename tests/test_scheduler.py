@@ -239,7 +239,7 @@ def test_ctrl_c_on_run_cancels_the_job_and_stops_every_process(tmp_path):
         with sqlite3.connect(db) as conn:
             pids = [pid for (pid,) in conn.execute("SELECT pid FROM nodes")]
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=150)
         assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
         from seraphim.scheduler.launchers import process_alive
 
