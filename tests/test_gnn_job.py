@@ -19,7 +19,7 @@ def gamlp_job(name: str, **train) -> dict:
         "train": {
             "graph": {"generate": {"kind": "dcsbm", "nodes": 4000, "avg_degree": 12, "classes": 4, "feature_dim": 16,
                                    "snr": 0.5, "homophily": 0.9, "train_fraction": 0.3}},
-            "propagation": {"hops": 3, "label_hops": 2, "chunk_rows": 700},
+            "propagation": {"hops": 3, "label_hops": 2, "label_folds": 2, "chunk_rows": 700},
             "model": {"kind": "gamlp", "options": {"hidden": 32, "out_layers": 2, "hop_layers": 1, "dropout": 0.1}},
             "training": {"epochs": 12, "batch_size": 256, "lr": 0.01, "patience": 12},
             **train,

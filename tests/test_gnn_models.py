@@ -10,14 +10,15 @@ import torch
 
 from seraphim.algorithms.gnn import models
 from seraphim.algorithms.gnn.csr import CSRGraph, GraphError
+from seraphim.algorithms.gnn.graph_gen import DCSBMSpec, generate
 from seraphim.algorithms.gnn.operators import (
     ConcatMessage, CorrectAndSmooth, GateMessage, HeatOp, JKAttention, LabelPropagationPost, LaplacianOp,
     LastMessage, LearnableWeightedMessage, MaxMessage, MeanMessage, PPROp, ProjectedMessage, RecursiveAttention,
     SumMessage, WeightedMessage,
 )
-from seraphim.algorithms.gnn.propagation import hops as propagate_hops
 from seraphim.algorithms.gnn.train import (
-    InMemoryHops, RLUConfig, Split, TrainConfig, fit, graph_label_propagator, predict,
+    FoldedLabels, InMemoryHops, RLUConfig, Split, TrainConfig, fit, folded_label_input, graph_label_propagator,
+    predict,
 )
 
 SMALL = dict(n=2400, classes=4, dim=16)
@@ -42,32 +43,15 @@ def dense_prop(graph: CSRGraph, r: float) -> np.ndarray:
     return (deg ** (r - 1))[:, None] * a * (deg ** -r)[None, :]
 
 
-def planted_graph(n: int, classes: int, dim: int, seed: int, snr: float = 0.5, homophily: float = 0.85,
-                  degree: int = 8) -> tuple[CSRGraph, np.ndarray, np.ndarray]:
-    """Planted-partition graph with weak Gaussian features: hops are needed to classify well."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n)
-    m = n * degree // 2
-    src = rng.integers(0, n, m)
-    same = rng.random(m) < homophily
-    members = [np.nonzero(y == c)[0] for c in range(classes)]
-    target_class = np.where(same, y[src], rng.integers(0, classes, m))
-    dst = np.array([members[c][rng.integers(0, len(members[c]))] for c in target_class], np.int64)
-    centers = rng.standard_normal((classes, dim))
-    x = (snr * centers[y] + rng.standard_normal((n, dim))).astype(np.float32)
-    return csr_from_edges(n, src.astype(np.int64), dst), x, y.astype(np.int64)
-
-
-def random_split(n: int, seed: int, train: float = 0.1, valid: float = 0.2) -> Split:
-    perm = np.random.default_rng(seed).permutation(n).astype(np.int64)
-    a, b = int(n * train), int(n * (train + valid))
-    return Split(perm[:a], perm[a:b], perm[b:])
-
-
 @pytest.fixture(scope="module")
-def small_task():
-    graph, x, y = planted_graph(SMALL["n"], SMALL["classes"], SMALL["dim"], seed=3)
-    return graph, x, y, random_split(SMALL["n"], seed=4)
+def small_task(tmp_path_factory):
+    """A degree-corrected SBM whose own features are weak: hops are needed to classify well."""
+    spec = DCSBMSpec(nodes=SMALL["n"], classes=SMALL["classes"], feature_dim=SMALL["dim"], snr=1.2, avg_degree=8,
+                     homophily=0.85, train_fraction=0.1, valid_fraction=0.2, seed=3)
+    data = generate(spec, tmp_path_factory.mktemp("sbm"))
+    graph = CSRGraph(np.array(data.graph.indptr), np.array(data.graph.indices))
+    split = Split(np.array(data.train_idx), np.array(data.valid_idx), np.array(data.test_idx))
+    return graph, np.array(data.features), np.array(data.labels), split
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +236,47 @@ def test_rlu_stage_two_seeds_labels_with_confident_pseudo_labels(small_task):
     np.testing.assert_array_equal(seeds[1][teacher.ids], teacher.probs)
     np.testing.assert_array_equal(seeds[1][split.train], np.eye(4, dtype=np.float32)[y[split.train]])
     assert second.pseudo_acc > 0.8
+
+
+def test_folded_label_input_keeps_each_seed_out_of_its_own_input(tiny_graph):
+    propagate = graph_label_propagator(tiny_graph, LaplacianOp(2))
+    ids = np.array([0, 2, 3, 5, 7, 9], np.int64)
+    rows = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
+    source = folded_label_input(propagate, ids, rows, 12, 3, np.random.default_rng(0))
+    assert isinstance(source, FoldedLabels)
+    p2 = np.linalg.matrix_power(dense_prop(tiny_graph, 0.5), 2)
+    out = source.fetch(np.arange(12, dtype=np.int64))[0]
+    for node, row in zip(ids, rows):
+        others = source.fold_of[ids] != source.fold_of[node]
+        seed = np.zeros((12, 3))
+        seed[ids[others]] = rows[others]
+        np.testing.assert_allclose(out[node], (p2 @ seed)[node], rtol=1e-4, atol=1e-6)
+    full = np.zeros((12, 3))
+    full[ids] = rows
+    rest = np.setdiff1d(np.arange(12), ids)
+    np.testing.assert_allclose(out[rest], (2 / 3) * (p2 @ full)[rest], rtol=1e-4, atol=1e-6)
+    assert folded_label_input(propagate, ids, rows, 12, 1, np.random.default_rng(0)).fetch(ids)[0].shape == (6, 3)
+
+
+def test_fit_with_label_folds_propagates_once_per_fold_and_stage(small_task):
+    graph, x, y, split = small_task
+    features = InMemoryHops(LaplacianOp(2)(graph, x))
+    propagate = graph_label_propagator(graph, LaplacianOp(2))
+    calls: list[int] = []
+
+    def counting(ids: np.ndarray, rows: np.ndarray):
+        calls.append(len(ids))
+        return propagate(ids, rows)
+
+    rlu = RLUConfig(stage_epochs=(3, 2), threshold=0.5)
+    stages = fit(lambda _: models.gamlp(16, 4, 2, hidden=16, label_layers=1), features, y, split, 4,
+                 TrainConfig(batch_size=256, seed=0), rlu, counting, label_folds=3)
+    assert len(calls) == 6
+    assert sum(calls[:3]) == 2 * len(split.train)          # every seed sits out exactly one of the three folds
+    assert sum(calls[3:]) == 2 * (len(split.train) + len(stages[1].teacher.ids))
+    with pytest.raises(ValueError, match="label_folds"):
+        fit(lambda _: models.gamlp(16, 4, 2, hidden=16), features, y, split, 4, TrainConfig(epochs=1), None,
+            counting, label_folds=0)
 
 
 def test_predict_reads_the_label_branch_input(small_task):

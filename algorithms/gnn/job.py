@@ -44,6 +44,9 @@ class PropagationSpec(BaseModel):
     r: float = Field(0.5, ge=0.0, le=1.0)
     alpha: float = Field(0.15, gt=0.0, lt=1.0, description="PPR teleport probability")
     label_hops: int = Field(0, ge=0, description="hops of label propagation for the label branch (0: none)")
+    label_folds: int = Field(1, ge=1, description="1: one label propagation per stage, as GAMLP publishes it (a "
+                             "training node's own label returns to its input through Â^K); F > 1: F propagations, "
+                             "each seed reads only the other folds' labels")
     chunk_rows: int = Field(65536, ge=1, description="rows per gathered block: bounds a worker's memory")
 
     @model_validator(mode="after")
@@ -205,7 +208,8 @@ def run_gnn(spec: GNNSpec, ctx: JobContext) -> dict[str, Any]:
     results = fit(lambda stage: _build_model(spec, data.features.shape[1], data.num_classes), features,
                   np.asarray(data.labels), split, data.num_classes, config, rlu,
                   run.label_propagator if spec.propagation.label_hops else None, ctx.log.info,
-                  Share(ctx.rank, ctx.world_size), run.make_optimizer, run.on_step, run.on_eval)
+                  Share(ctx.rank, ctx.world_size), run.make_optimizer, run.on_step, run.on_eval,
+                  label_folds=spec.propagation.label_folds)
     train_s = time.perf_counter() - start
     final = results[-1]
     ctx.report(run.step, {"val_acc": final.valid_acc, "test_acc": final.test_acc})
@@ -234,7 +238,8 @@ class GNNJob(Job):
     def total_steps(self) -> int:
         """Propagation clocks plus an estimate of the training steps (early stopping may end sooner)."""
         s: GNNSpec = self.spec
-        hops = s.propagation.hops + 1 + (s.propagation.label_hops + 1) * s.rlu.stages * (s.propagation.label_hops > 0)
+        p = s.propagation
+        hops = p.hops + 1 + (p.label_hops + 1) * p.label_folds * s.rlu.stages * (p.label_hops > 0)
         train = s.graph.expected_train_nodes()
         per_epoch = max(1, math.ceil(train / s.training.batch_size))
         return hops + s.training.epochs * s.rlu.stages * per_epoch

@@ -20,7 +20,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seraphim.algorithms.gnn.csr import CSRGraph, GraphError

@@ -29,7 +29,8 @@ from seraphim.algorithms.gnn.operators import GraphOp
 from seraphim.algorithms.gnn.propagation import label_seed
 
 __all__ = [
-    "HopSource", "InMemoryHops", "LabelPropagator", "graph_label_propagator", "Split", "TrainConfig", "RLUConfig",
+    "HopSource", "InMemoryHops", "LabelPropagator", "graph_label_propagator", "FoldedLabels",
+    "folded_label_input", "Split", "TrainConfig", "RLUConfig",
     "Teacher", "StageResult", "Share", "Stepper", "MakeOptimizer", "predict", "accuracy", "train_stage", "fit",
 ]
 
@@ -81,6 +82,36 @@ def graph_label_propagator(graph: CSRGraph, op: GraphOp) -> LabelPropagator:
         return InMemoryHops([op(graph, seed)[-1]])
 
     return propagate
+
+
+class FoldedLabels:
+    """Leak-free label input: seed node ``i`` in fold ``f`` reads ``Ŷ`` propagated from every seed *outside* fold
+    ``f``, so its own label never reaches its input through the return paths of ``Â^K`` (which a model would learn
+    to copy, on training nodes only); any other node reads the mean over folds, which by linearity is
+    ``(F-1)/F`` of the full propagation: the same seed density the seeds themselves see."""
+
+    def __init__(self, folds: Sequence[HopSource], fold_of: np.ndarray) -> None:
+        self.folds, self.fold_of = list(folds), fold_of
+
+    def fetch(self, node_ids: np.ndarray) -> list[np.ndarray]:
+        per_fold = np.stack([src.fetch(node_ids)[-1] for src in self.folds])     # [F, B, C]
+        out = per_fold.mean(0)
+        fold = self.fold_of[node_ids]
+        seeded = fold >= 0
+        out[seeded] = per_fold[fold[seeded], np.nonzero(seeded)[0]]
+        return [out]
+
+
+def folded_label_input(propagate: LabelPropagator, seed_ids: np.ndarray, seed_rows: np.ndarray, num_nodes: int,
+                       folds: int, rng: np.random.Generator) -> HopSource:
+    """The label input for the seeds: one propagation (``folds=1``, GAMLP as published, own labels leak into
+    their input) or :class:`FoldedLabels` over ``folds`` random folds of the seeds (``folds`` propagations)."""
+    if folds == 1:
+        return propagate(seed_ids, seed_rows)
+    fold = rng.permutation(len(seed_ids)) % folds
+    fold_of = np.full(num_nodes, -1, np.int64)
+    fold_of[seed_ids] = fold
+    return FoldedLabels([propagate(seed_ids[fold != f], seed_rows[fold != f]) for f in range(folds)], fold_of)
 
 
 @dataclass(frozen=True)
@@ -303,14 +334,18 @@ def fit(build_model: Callable[[int], nn.Module], features: HopSource, labels: np
         label_propagator: LabelPropagator | None = None,
         log: Callable[[str], None] | None = None, share: Share = Share(),
         make_optimizer: MakeOptimizer | None = None, on_step: Callable[[float], None] | None = None,
-        on_eval: Callable[[int, float], None] | None = None) -> list[StageResult]:
+        on_eval: Callable[[int, float], None] | None = None, label_folds: int = 1) -> list[StageResult]:
     """The trainer's entry point: one stage (``rlu=None``, ``config.epochs``) or the RLU stages.
 
     ``build_model(stage)`` makes a fresh model per stage, after torch's RNG is seeded from ``config.seed`` and the
     stage, so a run is reproducible. With ``label_propagator`` the label branch reads ``Ŷ^(K)`` of the seed:
     training labels one-hot, plus (stage > 0) the teacher's soft labels of the confident valid/test nodes.
     ``share``, ``make_optimizer``, ``on_step`` and ``on_eval`` go to :func:`train_stage` (data-parallel workers).
+    ``label_folds`` > 1 keeps every seed's own label out of its own input (:class:`FoldedLabels`).
     """
+    if label_folds < 1:
+        raise ValueError(f"label_folds must be >= 1 (1 = one propagation of all seeds), got {label_folds}")
+    num_nodes = len(labels)
     stage_epochs = (config.epochs,) if rlu is None else rlu.stage_epochs
     seed_ids = split.train
     seed_rows = label_seed(labels, split.train, num_classes)[split.train]
@@ -320,7 +355,8 @@ def fit(build_model: Callable[[int], nn.Module], features: HopSource, labels: np
         ids, rows = seed_ids, seed_rows
         if teacher is not None:
             ids, rows = np.concatenate([seed_ids, teacher.ids]), np.concatenate([seed_rows, teacher.probs])
-        label_input = None if label_propagator is None else label_propagator(ids, rows)
+        label_input = None if label_propagator is None else folded_label_input(
+            label_propagator, ids, rows, num_nodes, label_folds, np.random.default_rng([config.seed, stage, 17]))
         torch.manual_seed(config.seed * 1_000_003 + stage)
         model = build_model(stage)
         result = train_stage(model, features, labels, split, replace(config, epochs=epochs), label_input, teacher,
