@@ -214,6 +214,17 @@ def test_rerandomize_changes_bytes_not_plaintext(keys):
         c.rerandomize(P.RandomnessPool(other_pub, 1, processes=0))
 
 
+def test_owner_randomness_is_fixed_base_nth_residues(keys):
+    """The owner's hs^α values are n-th residues (encryptions of 0), all distinct, from a secret base per source."""
+    pub, priv = keys
+    first, second = (P._FixedBaseRandomness(pub.n, priv.p, priv.q) for _ in range(2))
+    values = first.batch(64) + second.batch(64)
+    lam = (priv.p - 1) * (priv.q - 1)
+    assert all(pow(v, lam, pub.nsquare) == 1 for v in values)
+    assert len(set(values)) == 128 and first.tables[0][0, 1] != second.tables[0][0, 1]
+    assert (priv.decrypt(P.CipherTensor(np.array(values, dtype=object), pub)) == 0).all()
+
+
 def test_randomness_pool_fills_in_background(keys):
     pub, priv = keys
     pool = P.RandomnessPool(pub, 32, processes=1, private_key=priv, chunk=8)

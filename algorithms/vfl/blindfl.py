@@ -137,8 +137,9 @@ class PartyKeys:
     and an optional process pool for ciphertext products and decryptions.
 
     Only the own key's pool gets ``pool_processes`` background processes: it serves the label party's per-step
-    gradient encryptions (B·H values) and fills 3.5× faster by CRT; a peer key's pool serves only the few packed
-    shares a step sends, and a background process refilling it would mostly compete with the products.
+    gradient encryptions (B·H values) with the owner's fixed-base ``hs^α`` by CRT (see paillier's notes); a peer
+    key's pool serves only the few packed shares a step sends, and a background process refilling it would mostly
+    compete with the products.
     """
 
     def __init__(self, private: he.PrivateKey, peers: Mapping[str, he.PublicKey], pool_processes: int = 0,
