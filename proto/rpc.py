@@ -146,11 +146,17 @@ def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | N
 
 
 def make_server(host: str, port: int, token: str | None = None, tls: TlsFiles | None = None,
-                max_workers: int = 32, max_message_bytes: int = MAX_MESSAGE_BYTES) -> tuple[grpc.Server, int]:
+                max_workers: int = 32, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                require_client_auth: bool = False) -> tuple[grpc.Server, int]:
     """A started-later server bound to host:port (port 0 picks a free one); returns it with the bound port.
 
+    ``require_client_auth``: mutual TLS, for servers whose callers are identified by their certificate (the parties
+    of a federated session): the TLS handshake refuses a caller without a certificate issued by ``tls.ca``.
     Raises OSError naming the address when the port is taken.
     """
+    if require_client_auth and (tls is None or not (tls.cert and tls.key and tls.ca)):
+        raise InvalidArgument(f"require_client_auth (mutual TLS) needs tls with cert, key and the ca that issued the "
+                              f"clients' certificates; got {tls}")
     interceptors = ([TokenInterceptor(token)] if token else []) + [WireBytesInterceptor()]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors,
                          options=channel_options(max_message_bytes) + [("grpc.so_reuseport", 0)])
@@ -159,7 +165,7 @@ def make_server(host: str, port: int, token: str | None = None, tls: TlsFiles | 
         if tls is not None and tls.cert is not None:
             creds = grpc.ssl_server_credentials([(tls.read("key"), tls.read("cert"))],
                                                 root_certificates=tls.read("ca"),
-                                                require_client_auth=False)
+                                                require_client_auth=require_client_auth)
             bound = server.add_secure_port(address, creds)
         else:
             bound = server.add_insecure_port(address)

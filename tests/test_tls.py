@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import time
 
+import grpc
 import numpy as np
 import pytest
 import yaml
@@ -15,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from seraphim.proto import scheduler_pb2
-from seraphim.proto.errors import Unavailable
-from seraphim.proto.rpc import TlsFiles
+from seraphim.proto.errors import InvalidArgument, Unavailable
+from seraphim.proto.rpc import TlsFiles, make_channel, make_server, token_metadata
 from seraphim.scheduler.client import SchedulerClient
 from seraphim.worker import PSClient
 
@@ -78,3 +79,25 @@ def test_a_scheduled_job_runs_over_tls(tmp_path, scheduler_factory, certs):
         assert status.state == scheduler_pb2.SUCCEEDED, status.reason
     with SchedulerClient(sched.address, token=sched.token) as plaintext, pytest.raises(Unavailable):
         plaintext.jobs()
+
+
+def test_make_server_with_client_auth_requires_a_certificate_from_the_ca(certs):
+    tls = TlsFiles(ca=str(certs / "ca.pem"), cert=str(certs / "server.pem"), key=str(certs / "server.key"))
+    with pytest.raises(InvalidArgument, match=r"require_client_auth \(mutual TLS\) needs tls with cert, key and "):
+        make_server("127.0.0.1", 0, tls=TlsFiles(cert=tls.cert, key=tls.key), require_client_auth=True)
+    server, port = make_server("127.0.0.1", 0, token="t0k", tls=tls, require_client_auth=True)
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", {"Echo": echo}),))
+    server.start()
+
+    def call(client: TlsFiles) -> bytes:
+        with make_channel(f"127.0.0.1:{port}", client) as channel:
+            return channel.unary_unary("/test.Echo/Echo")(b"hi", timeout=5, metadata=token_metadata("t0k"))
+
+    try:
+        assert call(tls) == b"hi"  # the CA issued the server's certificate: it serves as a client certificate too
+        with pytest.raises(grpc.RpcError) as err:
+            call(TlsFiles(ca=tls.ca))  # trusts the server, presents no certificate of its own
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(None)

@@ -5,7 +5,8 @@ Each party serves ``PartyExchange`` on its endpoint and calls its peers' servers
 - **Who may call**: every call carries the cluster token (``TokenInterceptor``). With TLS configured, the channel is
   mutual TLS: a party's certificate names the party (CN and a DNS SAN equal to its name); a client checks the
   server's certificate against the peer it means to reach (``ssl_target_name_override`` = peer name) and the
-  server checks that the caller's certificate names the party the Hello or Envelope claims to come from.
+  server checks that the caller's certificate names the party the Hello or Envelope claims to come from. A peer
+  whose certificate our CA did not issue is ``PartyMessageRejected`` at once, not a peer to wait for.
 - **Handshake** (``Hello``, once per direction): an ephemeral X25519 exchange, HKDF-SHA256 over the session id,
   both names, both Paillier public-key fingerprints and both ephemeral keys, gives each sender→receiver link its
   own HMAC key, and the server proves it holds the key (``confirm``). Keys are fresh per process, so a restarted
@@ -36,7 +37,6 @@ import struct
 import threading
 import time
 from collections import deque
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -47,9 +47,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from seraphim.proto import exchange_pb2, exchange_pb2_grpc
-from seraphim.proto.rpc import (CHUNK_BYTES, MAX_MESSAGE_BYTES, TlsFiles, TokenInterceptor, channel_options,
-                                join_chunks, make_channel, make_server, serve_chunked, split_message,
-                                token_metadata)
+from seraphim.proto.rpc import (CHUNK_BYTES, MAX_MESSAGE_BYTES, TlsFiles, join_chunks, make_channel, make_server,
+                                serve_chunked, split_message, token_metadata)
 from seraphim.worker.party_channel import PartyError, PartyMessageRejected, PartyTimeout
 
 __all__ = ["GrpcPartyChannel", "PARTY_NAME_PATTERN", "address_file", "fingerprint", "envelope_mac"]
@@ -65,6 +64,8 @@ _CONFIRM = b"seraphim/exchange/confirm/v1"
 _REJECTED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
              grpc.StatusCode.DATA_LOSS)
 _ENVELOPE_OVERHEAD = 64 * 1024  #: room for an envelope's header fields within one gRPC message
+_TLS_VERIFY_FAILED = "CERTIFICATE_VERIFY_FAILED"  #: gRPC's detail when the peer's certificate fails our CA's check
+_TLS_SOCKET_CLOSED = "Socket closed"  #: what a client sees when the server refuses its certificate
 
 
 def fingerprint(public_key: bytes) -> str:
@@ -321,9 +322,16 @@ class GrpcPartyChannel:
         try:
             reply = p.stub.Hello(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
+            details = err.details() or ""
             if err.code() in _REJECTED:
-                raise PartyMessageRejected(f"{p.where()} refused our Hello: {err.details()}") from None
-            raise _Retry(f"{err.code().name}: {err.details()}") from None
+                raise PartyMessageRejected(f"{p.where()} refused our Hello: {details}") from None
+            if self._tls is not None and _TLS_VERIFY_FAILED in details:
+                raise PartyMessageRejected(f"{p.where()} presented a TLS certificate that fails verification against "
+                                           f"our CA {self._tls.ca} (not issued by it, or expired): {details}") from None
+            if self._tls is not None and _TLS_SOCKET_CLOSED in details:
+                details += ("; under mutual TLS a peer closes the socket when its CA did not issue our certificate: "
+                            f"check that {p.name!r}'s tls_ca issued our tls_cert {self._tls.cert}")
+            raise _Retry(f"{err.code().name}: {details}") from None
         if reply.party != p.name:
             raise _Retry(f"{p.address} is served by party {reply.party!r}, not {p.name!r} (a stale address?)")
         if fingerprint(reply.public_key) != reply.fingerprint:
@@ -456,23 +464,10 @@ class GrpcPartyChannel:
 
     # -- serving ----------------------------------------------------------------------------------------------
     def _serve(self, host: str, port: int) -> tuple[grpc.Server, int]:
-        """A server with the token check; with TLS, mutual TLS (make_server's TLS does not ask for a client
-        certificate, and the party identity is the client certificate)."""
-        if self._tls is None:
-            server, bound = make_server(host, port, self._token, None, max_workers=16,
-                                        max_message_bytes=self._max_message_bytes)
-            exchange_pb2_grpc.add_PartyExchangeServicer_to_server(_Service(self), server)
-            return server, bound
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[TokenInterceptor(self._token)],
-                             options=channel_options(self._max_message_bytes) + [("grpc.so_reuseport", 0)])
-        creds = grpc.ssl_server_credentials([(self._tls.read("key"), self._tls.read("cert"))],
-                                            root_certificates=self._tls.read("ca"), require_client_auth=True)
-        try:
-            bound = server.add_secure_port(f"{host}:{port}", creds)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {host}:{port}: {exc}") from exc
-        if bound == 0:
-            raise OSError(f"cannot listen on {host}:{port}: the port is in use or the address is not local")
+        """A server with the token check; with TLS, mutual TLS: the party identity is the client certificate."""
+        server, bound = make_server(host, port, self._token, self._tls, max_workers=16,
+                                    max_message_bytes=self._max_message_bytes,
+                                    require_client_auth=self._tls is not None)
         exchange_pb2_grpc.add_PartyExchangeServicer_to_server(_Service(self), server)
         return server, bound
 
