@@ -20,7 +20,7 @@ import torch
 
 from seraphim.algorithms.registry import JobContext, SchedulerAccess, job_class
 from seraphim.proto.agent import SchedulerAgent
-from seraphim.proto.errors import SeraphimError
+from seraphim.proto.errors import FatalJobError, SeraphimError
 from seraphim.proto.rpc import TlsFiles, resolve_token
 from seraphim.scheduler.job_spec import JobSpecError, load_job, parse_job_text
 from seraphim.scheduler.metrics_file import MetricsWriter
@@ -109,7 +109,7 @@ def _managed(a: argparse.Namespace, token: str | None, tls: TlsFiles | None, log
         result = run_rank(reply.spec_yaml, a.job, a.rank, [p.address for p in sorted(view.ps, key=lambda p: p.shard)],
                           token, tls, run_dir, agent.report, log, SchedulerAccess(a.scheduler, token, tls))
     except Exception as exc:
-        agent.finish("FAILED", f"{type(exc).__name__}: {exc}")
+        agent.finish("FAILED", f"{type(exc).__name__}: {exc}", fatal=isinstance(exc, FatalJobError))
         raise
     if run_dir.is_dir():
         out = run_dir / "results" / f"worker-{a.rank}.json"

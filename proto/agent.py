@@ -103,12 +103,12 @@ class SchedulerAgent:
                     self._rows[:0] = rows
                 raise
 
-    def _beat(self, state: str = "RUNNING", message: str = "") -> None:
+    def _beat(self, state: str = "RUNNING", message: str = "", fatal: bool = False) -> None:
         if self.role == "worker":
             self._flush_metrics()
         reply = self._call("Heartbeat", scheduler_pb2.HeartbeatRequest(
             job_id=self.job_id, role=self.role, rank=self.rank, step=self.step, state=state, message=message,
-            pid=os.getpid()))
+            pid=os.getpid(), fatal=fatal))
         if reply.stop:
             self.stop_requested.set()
 
@@ -128,15 +128,16 @@ class SchedulerAgent:
         self._thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
         self._thread.start()
 
-    def finish(self, state: str = "DONE", message: str = "", timeout_s: float = 5.0) -> None:
-        """Stop heartbeating and tell the scheduler how this process ended (metrics first)."""
+    def finish(self, state: str = "DONE", message: str = "", fatal: bool = False, timeout_s: float = 5.0) -> None:
+        """Stop heartbeating and tell the scheduler how this process ended (metrics first); ``fatal`` with FAILED:
+        the error depends only on the job's input or spec, so the scheduler ends the job instead of restarting."""
         self._closed.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                self._beat(state, message)
+                self._beat(state, message, fatal)
                 break
             except Exception as exc:
                 if time.monotonic() > deadline:

@@ -9,6 +9,13 @@ from __future__ import annotations
 import grpc
 
 
+class FatalJobError(Exception):
+    """An error that depends only on the job's input or spec (data that cannot be read, ids that do not intersect,
+    a wrong key or certificate): a restarted worker would hit it again, so the scheduler ends the job at once
+    instead of spending its restarts (the worker says so with ``HeartbeatRequest.fatal``). Workload errors of that
+    kind subclass it beside their usual base."""
+
+
 class SeraphimError(Exception):
     """Base of every error that a Seraphim service reports to its caller."""
 

@@ -182,7 +182,7 @@ class RegisterReply(_message.Message):
     def __init__(self, spec_yaml: _Optional[str] = ..., attempt: _Optional[int] = ..., run_dir: _Optional[str] = ..., ps: _Optional[_Union[PsSettings, _Mapping]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("job_id", "role", "rank", "step", "state", "message", "pid")
+    __slots__ = ("job_id", "role", "rank", "step", "state", "message", "pid", "fatal")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +190,7 @@ class HeartbeatRequest(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    FATAL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     role: str
     rank: int
@@ -197,7 +198,8 @@ class HeartbeatRequest(_message.Message):
     state: str
     message: str
     pid: int
-    def __init__(self, job_id: _Optional[str] = ..., role: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    fatal: bool
+    def __init__(self, job_id: _Optional[str] = ..., role: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., pid: _Optional[int] = ..., fatal: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
     __slots__ = ("stop",)

@@ -1,10 +1,13 @@
 """The scheduler's brain: accepts jobs, launches and watches their processes, restarts the ones that die, and
 decides when a job has succeeded, failed or been cancelled.
 
-A process is dead when its heartbeats stop for ``heartbeat_timeout_s`` (or, for local processes, when it exits).
-A dead PS is started again on the same port and data directory (it recovers its last snapshot); a dead worker is
-started again and resumes from its last clock. Each process gets ``max_restarts`` restarts; then the job fails
-with the reason. Everything that happens is written to the job's event log with its time.
+A process is dead when its heartbeats stop for ``heartbeat_timeout_s`` (or, for local processes, when it exits),
+or when it reports FAILED. A dead PS is started again on the same port and data directory (it recovers its last
+snapshot); a dead worker is started again and resumes from its last clock. Each process gets ``max_restarts``
+restarts; then the job fails with the reason. A worker that reports a *fatal* failure (a ``FatalJobError``: the
+error depends only on the job's input or spec, such as a malformed file or ids that do not intersect) is not
+restarted: a restart would repeat it, so the job fails at once with that error. Everything that happens is
+written to the job's event log with its time.
 """
 
 from __future__ import annotations
@@ -230,8 +233,15 @@ class Master:
                     self._end(job, scheduler_pb2.SUCCEEDED, "")
                 return True
             if req.state == "FAILED":
+                # FAILED, not STARTING/RUNNING: the monitor's exit-code check skips this node from now on
                 self.store.update_node(job.job_id, req.role, req.rank, state="FAILED", last_heartbeat=now)
-                self._failure(job, node, f"{node.name} reported failure: {req.message}")
+                why = f"{node.name} reported failure: {req.message}"
+                if req.fatal:
+                    self._event(job.job_id, why)
+                    self._end(job, scheduler_pb2.FAILED, f"{node.name} failed with an input error that a restart "
+                                                         f"would repeat (not restarted): {req.message}")
+                else:
+                    self._failure(job, node, why)
                 return True
             self.store.update_node(job.job_id, req.role, req.rank, last_heartbeat=now, step=req.step)
             return False

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import yaml
 
+from seraphim.algorithms.gnn.graph_gen import DCSBMSpec, generate
 from seraphim.proto import scheduler_pb2
-from test_scheduler import done, wait_for
+from test_scheduler import done, failed_without_restart, wait_for
 
 
 def gamlp_job(name: str, **train) -> dict:
@@ -71,3 +74,17 @@ def test_pasca_search_runs_each_trial_as_a_job_and_reports_the_pareto_front(tmp_
     for p in report["trials"]:  # nothing outside the front beats a front member on both objectives
         assert not any(p["valid_acc"] > f["valid_acc"] and p["seconds"] < f["seconds"] for f in front)
     assert (run / "pareto.png").stat().st_size > 1000
+
+
+def test_a_gamlp_job_on_a_malformed_graph_fails_at_once_without_restarts(tmp_path, scheduler_factory):
+    graph_dir = tmp_path / "graph"
+    generate(DCSBMSpec(nodes=300, avg_degree=4, classes=3, feature_dim=4), graph_dir)
+    np.save(graph_dir / "split" / "test.npy", np.array([5, 300], dtype=np.int64))  # the graph has nodes 0..299
+    job = gamlp_job("broken", graph={"path": str(graph_dir)})
+    job["cluster"] = {"ps": 1, "workers": 2, "max_restarts": 3}
+    sched = scheduler_factory("sched")
+    with sched.client() as client:
+        status = client.submit(yaml.safe_dump(job), "local", str(tmp_path))
+        status = failed_without_restart(client, status.job_id)
+    assert re.search(r"worker-[01] failed with an input error that a restart would repeat \(not restarted\): "
+                     r"GraphError: split test holds node id 300, outside \[0, 299\]", status.reason), status.reason

@@ -24,15 +24,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from seraphim.proto.errors import FatalJobError
 from seraphim.algorithms.vfl.central import CentralModel
-from seraphim.algorithms.vfl.data import read_party
+from seraphim.algorithms.vfl.data import PartyData, read_party, write_party
 from seraphim.algorithms.vfl.models import ModelConfig
-from seraphim.algorithms.vfl.session import Alignment, Checkpoints, PartySetup, Schedule, TrainPlan, run_party
+from seraphim.algorithms.vfl.session import (Alignment, AlignmentError, Checkpoints, PartySetup, Schedule, TrainPlan,
+                                             run_party)
 from seraphim.proto import exchange_pb2, exchange_pb2_grpc, scheduler_pb2
 from seraphim.proto.rpc import TlsFiles, make_channel, token_metadata
 from seraphim.scheduler.job_spec import JobSpecError, load_job, parse_job
 from seraphim.worker.exchange import GrpcPartyChannel, address_file, envelope_mac
 from seraphim.worker.party_channel import PartyError, PartyMessageRejected, PartyTimeout
+from test_scheduler import failed_without_restart
 
 TOKEN = "vfl-test-token"
 
@@ -248,6 +251,8 @@ def certs(tmp_path_factory):
     rogue_ca = _ca("someone else's CA")
     (rogue_dir / "ca.pem").write_bytes(rogue_ca[0].public_bytes(serialization.Encoding.PEM))
     tls["f1-other-ca"] = _party_cert(rogue_dir, rogue_ca, "f1")
+    # an outsider's certificate for f1 beside the federation's CA: only its own certificate is wrong
+    tls["f1-rogue-cert"] = TlsFiles(ca=str(out / "ca.pem"), cert=tls["f1-other-ca"].cert, key=tls["f1-other-ca"].key)
     return tls
 
 
@@ -268,9 +273,10 @@ def test_mutual_tls_with_party_certificates(tmp_path, certs):
         f1.close()
 
 
-@pytest.mark.parametrize("impostor", ["f2", "f1-other-ca"])
+@pytest.mark.parametrize("impostor", ["f2", "f1-other-ca", "f1-rogue-cert"])
 def test_a_party_with_the_wrong_certificate_is_rejected(tmp_path, certs, impostor):
-    """f2's valid certificate used to play f1; or a certificate for f1 from a CA the federation does not trust."""
+    """f2's valid certificate used to play f1; a certificate for f1 from a CA the federation does not trust (f1
+    trusting only that CA, or the federation's)."""
     endpoints = {"label": "127.0.0.1:0", "f1": "127.0.0.1:0"}
     label = GrpcPartyChannel("label", endpoints, "tls", TOKEN, tls=certs["label"], run_dir=tmp_path)
     f1 = GrpcPartyChannel("f1", endpoints, "tls", TOKEN, tls=certs[impostor], run_dir=tmp_path)
@@ -280,10 +286,18 @@ def test_a_party_with_the_wrong_certificate_is_rejected(tmp_path, certs, imposto
             assert isinstance(errors[0], PartyMessageRejected), errors
             assert "certificate names 'f2' claimed to be party 'f1'" in str(errors[0])
             assert isinstance(errors[1], PartyMessageRejected) and "refused our Hello" in str(errors[1])
-        else:
-            for err in errors:  # the TLS handshake itself fails in both directions
-                assert isinstance(err, PartyTimeout), errors
-            assert "party 'f1' at 127.0.0.1" in str(errors[0]) and "party 'label' at 127.0.0.1" in str(errors[1])
+            return
+        # the label party checks f1's server certificate against the federation's CA: refused at once, by name
+        assert isinstance(errors[0], PartyMessageRejected), errors
+        assert re.search(r"party 'f1' at 127\.0\.0\.1:\d+ presented a TLS certificate that fails verification "
+                         r"against our CA .*ca\.pem \(not issued by it, or expired\)", str(errors[0])), errors[0]
+        assert "CERTIFICATE_VERIFY_FAILED" in str(errors[0])
+        if impostor == "f1-other-ca":  # f1 trusts only the other CA, so it refuses the label party's certificate too
+            assert isinstance(errors[1], PartyMessageRejected), errors
+            assert "party 'label' at 127.0.0.1" in str(errors[1]) and "fails verification" in str(errors[1])
+        else:  # the label party's server closed the TLS handshake on f1's certificate; f1 is told what to check
+            assert isinstance(errors[1], PartyTimeout), errors
+            assert f"check that 'label''s tls_ca issued our tls_cert {certs[impostor].cert}" in str(errors[1])
     finally:
         label.close()
         f1.close()
@@ -395,10 +409,11 @@ def test_no_common_ids_is_a_clear_error_at_every_party(tmp_path):
     out = _run_toy_session(tmp_path, {"label": list(range(0, 100)), "f1": list(range(100, 200)),
                                       "f2": list(range(50, 150))})
     for name in ("label", "f1", "f2"):
-        assert isinstance(out[name], PartyError) and "no sample id common to every party" in str(out[name]), out
+        assert isinstance(out[name], AlignmentError) and "no sample id common to every party" in str(out[name]), out
+        assert isinstance(out[name], PartyError) and isinstance(out[name], FatalJobError)  # no use restarting
     assert "100 ids; 0 match 'f1', 50 match 'f2'" in str(out["f2"])
     out = _run_toy_session(tmp_path / "nopsi", {"label": list(range(100)), "f1": list(range(99))}, use_psi=False)
-    assert all(isinstance(out[n], PartyError) and "'f1' has 99 rows against 100" in str(out[n])
+    assert all(isinstance(out[n], AlignmentError) and "'f1' has 99 rows against 100" in str(out[n])
                for n in ("label", "f1")), out
 
 
@@ -469,6 +484,35 @@ def test_blindfl_job_trains_lr_on_breast_cancer_and_survives_a_killed_party(tmp_
     result = json.loads((run_dir / "results" / "worker-0.json").read_text())
     central = _central_accuracy(run_dir, train)
     assert central > 0.9 and abs(result["accuracy"] - central) <= 0.01 + 1e-9, (result, central)
+
+
+def _vfl_job(name: str, parties: list[dict], **train) -> dict:
+    """A small vfl.blindfl job: one PS shard per party, 512-bit keys (tests only), one epoch."""
+    return {"name": name, "algorithm": "vfl.blindfl",
+            "cluster": {"ps": 1, "workers": len(parties), "ps_per_worker": True, "max_restarts": 3},
+            "storage": {"ram_mb": 16, "page_kb": 64},
+            "train": {"parties": parties, "model": "lr", "key_bits": 512, "epochs": 1, "batch_size": 128,
+                      "handshake_timeout_s": 30, "recv_timeout_s": 30, **train}}
+
+
+def test_a_vfl_job_whose_parties_share_no_id_fails_at_once_without_restarts(tmp_path, scheduler_factory):
+    rng = np.random.default_rng(5)
+    write_party(tmp_path / "bank.npz", PartyData(ids=np.arange(60), dense=rng.normal(size=(60, 2)),
+                                                 labels=rng.integers(0, 2, 60)))
+    write_party(tmp_path / "shop.npz", PartyData(ids=np.arange(1000, 1060), dense=rng.normal(size=(60, 3))))
+    job = _vfl_job("vfl-disjoint", [{"name": "bank", "role": "label", "data": str(tmp_path / "bank.npz")},
+                                    {"name": "shop", "role": "feature", "data": str(tmp_path / "shop.npz")}])
+    sched = scheduler_factory()
+    start = time.monotonic()
+    with sched.client() as client:
+        status = client.submit(yaml.safe_dump(job), "local", str(tmp_path))
+        status = failed_without_restart(client, status.job_id)
+    assert time.monotonic() - start < 60
+    assert re.search(r"worker-[01] failed with an input error that a restart would repeat \(not restarted\): "
+                     r"AlignmentError: PSI found no sample id common to every party \(label party 'bank' has 60 ids; "
+                     r"0 match 'shop'\)", status.reason), status.reason
+    events = (Path(status.run_dir) / "logs" / "job.log").read_text()
+    assert "attempt 2" not in events and events.count("job FAILED") == 1, events
 
 
 @pytest.mark.parametrize("change, message", [

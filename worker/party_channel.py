@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from seraphim.proto.errors import FatalJobError
+
 
 class PartyError(RuntimeError):
     """A federated session cannot go on: a party is missing, late, gone, or sent something invalid."""
@@ -17,8 +19,9 @@ class PartyTimeout(PartyError):
     """A peer did not send the expected message in time (missing, late or gone)."""
 
 
-class PartyMessageRejected(PartyError):
-    """A message failed its integrity checks: replayed, reordered, truncated, tampered or unauthenticated."""
+class PartyMessageRejected(FatalJobError, PartyError):
+    """A message failed its integrity checks: replayed, reordered, truncated, tampered or unauthenticated (a wrong
+    token, certificate or key); fatal to the job because a restarted party would be refused the same way."""
 
 
 class PartyChannel(Protocol):

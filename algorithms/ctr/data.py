@@ -34,6 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.special import expit, ndtri
 from scipy.stats import rankdata
 
+from seraphim.proto.errors import FatalJobError
+
 EVAL_ROW_OFFSET = 1 << 48  # first row of the held-out stream; training never reaches it
 CALIBRATION_ROW_OFFSET = 1 << 52  # rows used only to calibrate the bias
 _CALIBRATION_ROWS = 1 << 15
@@ -239,7 +241,7 @@ def bayes_auc(spec: ClickLogSpec, n_eval: int) -> float:
     return roc_auc(batch.labels, batch.true_prob)
 
 
-class CSVFormatError(ValueError):
+class CSVFormatError(FatalJobError, ValueError):
     """A click-log CSV line is malformed; the message names the file, the line and what was expected."""
 
 

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seraphim.proto.errors import FatalJobError
 
-class GraphError(ValueError):
+
+class GraphError(FatalJobError, ValueError):
     """A graph, feature, label or split input that cannot be used as given; the message says what and where."""
 
 

@@ -12,7 +12,6 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from seraphim.algorithms.gnn.csr import GraphError
 from seraphim.algorithms.gnn.graph_gen import DCSBMSpec, RMATSpec, generate
 from seraphim.algorithms.gnn.graph_io import GraphData, convert_ogb, load_graph
 from seraphim.algorithms.gnn.partition import load_bounds, metis_partition, range_partition, relabel_graph
@@ -56,7 +55,7 @@ def _wait_for(directory: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not (directory / "meta.json").exists():
         if time.monotonic() > deadline:
-            raise GraphError(f"waited {timeout_s:.0f}s for worker 0 to write the graph into {directory}")
+            raise TimeoutError(f"waited {timeout_s:.0f}s for worker 0 to write the graph into {directory}")
         time.sleep(0.2)
 
 

@@ -142,7 +142,7 @@ class _Trials:
         try:
             while status.state not in (scheduler_pb2.SUCCEEDED, scheduler_pb2.FAILED, scheduler_pb2.CANCELLED):
                 if time.monotonic() > deadline:
-                    raise GraphError(f"trial {number} ({status.job_id}) ran past trial_timeout_s="
+                    raise TimeoutError(f"trial {number} ({status.job_id}) ran past trial_timeout_s="
                                      f"{self.spec.trial_timeout_s:.0f}")
                 time.sleep(0.5)
                 status = self.client.job(status.job_id)

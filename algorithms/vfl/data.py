@@ -23,6 +23,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from seraphim.proto.errors import FatalJobError
+
 __all__ = ["SchemaError", "Schema", "PartyData", "breast_cancer_split", "click_split", "write_party", "read_party",
            "expected_rows", "align_by_ids", "BREAST_CANCER_ROWS"]
 
@@ -30,7 +32,7 @@ BREAST_CANCER_ROWS = 569
 _CAT_HEADER = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<vocab>\d+)\]$")
 
 
-class SchemaError(ValueError):
+class SchemaError(FatalJobError, ValueError):
     """A party's data does not match the schema it is expected to have, or is malformed."""
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from seraphim.algorithms.registry import Job, JobContext, register
 from seraphim.algorithms.vfl import blindfl, data, models
 from seraphim.algorithms.vfl.session import PartySetup, TrainPlan, run_party
+from seraphim.proto.errors import FatalJobError
 from seraphim.proto.rpc import TlsFiles, resolve_token
 from seraphim.worker.exchange import PARTY_NAME_PATTERN
 
@@ -112,21 +113,26 @@ def _resolve(path: str, run_dir: Path) -> Path:
     return p if p.is_absolute() else run_dir / p
 
 
+class PartyLayoutError(FatalJobError, ValueError):
+    """The cluster does not fit the parties (a rank without a party, no token to authenticate with): every
+    restart would fail the same way."""
+
+
 def _session_id(spec: VFLSpec, run_dir: Path) -> str:
     digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
     return spec.session_id or f"{run_dir.resolve().name}-{digest}"
 
 
 def party_setup(spec: VFLSpec, rank: int, run_dir: Path, token: str | None) -> PartySetup:
-    """Where party ``rank`` runs: endpoints, session, keys, TLS; ValueError naming what is missing."""
+    """Where party ``rank`` runs: endpoints, session, keys, TLS; PartyLayoutError naming what is missing."""
     if not 0 <= rank < len(spec.parties):
-        raise ValueError(f"worker rank {rank} has no party: the spec names {len(spec.parties)} parties; set "
+        raise PartyLayoutError(f"worker rank {rank} has no party: the spec names {len(spec.parties)} parties; set "
                          f"cluster.workers to {len(spec.parties)}")
     me = spec.parties[rank]
     if spec.token_file:
         token = resolve_token(token_file=str(_resolve(spec.token_file, run_dir)))
     if not token:
-        raise ValueError("the parties authenticate with the cluster token: run under a scheduler, or pass --token / "
+        raise PartyLayoutError("the parties authenticate with the cluster token: run under a scheduler, or pass --token / "
                          "SERAPHIM_TOKEN, or set train.token_file")
     tls = None
     if me.tls_ca:
@@ -174,7 +180,7 @@ class BlindFLJob(Job):
     def run(self, ctx: JobContext) -> dict[str, Any]:
         spec: VFLSpec = self.spec
         if ctx.world_size != len(spec.parties):
-            raise ValueError(f"the job runs {ctx.world_size} workers but names {len(spec.parties)} parties: set "
+            raise PartyLayoutError(f"the job runs {ctx.world_size} workers but names {len(spec.parties)} parties: set "
                              f"cluster.workers to {len(spec.parties)}")
         token = ctx.scheduler.token if ctx.scheduler is not None else resolve_token()
         setup = party_setup(spec, ctx.rank, ctx.run_dir, token)

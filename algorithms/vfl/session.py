@@ -10,7 +10,8 @@
 4. **Alignment** (fresh start): pairwise ECDH-PSI (``psi.py``) between the label party and each feature party,
    then the label party intersects the pairwise results and tells each feature party which of its matched rows
    survive, in one shuffled common order. Without PSI the rows must already be aligned: counts and an id digest
-   are compared. No common id: a clear ``PartyError`` on every side.
+   are compared. No common id: a clear ``AlignmentError`` on every side, which the scheduler does not restart
+   (a ``FatalJobError``: the data decide it, a restart would find the same).
 5. **Steps** in lockstep: every party derives the same batches from the shared seed; after each completed step a
    party writes its trainer's state to ``<run_dir>/parties/<name>/step-XXXXXXXX.npz`` (atomically), so a restarted
    party resumes at the step the plan picks. Metrics go through ``report``.
@@ -33,6 +34,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from seraphim.proto.errors import FatalJobError
 from seraphim.algorithms.vfl import paillier, psi
 from seraphim.proto.rpc import TlsFiles
 from seraphim.worker.exchange import GrpcPartyChannel
@@ -41,6 +43,16 @@ from seraphim.worker.party_channel import PartyChannel, PartyError
 KEEP_CHECKPOINTS = 3
 _STEP_FILE = re.compile(r"^step-(\d{8})\.npz$")
 _BYTES_MARK = "__bytes__"  # npz entry listing which state entries were bytes
+
+
+class AlignmentError(FatalJobError, PartyError):
+    """The parties' samples cannot be aligned (no id common to every party, or rows that ``psi: false`` requires to
+    be aligned are not): the data decide it, so a restarted party would find the same."""
+
+
+class KeyFileError(FatalJobError, ValueError):
+    """A party's key file is not a Paillier private key, or not of the spec's key size: a restart reads the same
+    file."""
 
 
 class Trainer(Protocol):
@@ -157,9 +169,9 @@ def load_or_create_keypair(path: Path, bits: int, log: logging.Logger) -> tuple[
         try:
             private = paillier.PrivateKey.from_bytes(path.read_bytes())
         except ValueError as exc:
-            raise ValueError(f"key file {path} is not a Seraphim Paillier private key: {exc}") from None
+            raise KeyFileError(f"key file {path} is not a Seraphim Paillier private key: {exc}") from None
         if private.public.bits != bits:
-            raise ValueError(f"key file {path} holds a {private.public.bits}-bit key but the spec asks for "
+            raise KeyFileError(f"key file {path} holds a {private.public.bits}-bit key but the spec asks for "
                              f"key_bits {bits}: delete the file to make a new key, or set key_bits "
                              f"{private.public.bits}")
         log.info("loaded the %d-bit Paillier key %s from %s", bits, private.public.fingerprint(), path)
@@ -268,7 +280,7 @@ def _id_digest(ids: Sequence) -> str:
 
 def align_samples(chan: PartyChannel, setup: PartySetup, ids: Sequence, use_psi: bool,
                   log: logging.Logger) -> Alignment:
-    """This party's rows in the common sample order (see the module docstring); PartyError if there is none."""
+    """This party's rows in the common sample order (see the module docstring); AlignmentError if there is none."""
     timeout = setup.recv_timeout_s
     if not setup.is_label:
         if use_psi:
@@ -279,7 +291,7 @@ def align_samples(chan: PartyChannel, setup: PartySetup, ids: Sequence, use_psi:
             _send_json(chan, setup.label_party, "align/ids", {"count": len(ids), "digest": _id_digest(ids)})
         reply = _recv_json(chan, setup.label_party, "align/rows", timeout)
         if reply.get("error"):
-            raise PartyError(reply["error"])
+            raise AlignmentError(reply["error"])
         positions = np.frombuffer(chan.recv(setup.label_party, "align/positions", timeout), dtype="<i8")
         if positions.size and (positions.min() < 0 or positions.max() >= len(matched)):
             raise PartyError(f"party {setup.label_party!r} sent row positions outside our {len(matched)} matches")
@@ -315,7 +327,7 @@ def align_samples(chan: PartyChannel, setup: PartySetup, ids: Sequence, use_psi:
             position = {int(r): k for k, r in enumerate(pairwise[p])}
             chan.send(p, "align/positions", np.array([position[int(r)] for r in rows], dtype="<i8").tobytes())
     if error:
-        raise PartyError(error)
+        raise AlignmentError(error)
     log.info("aligned %d samples common to all %d parties", len(rows), len(peers) + 1)
     return alignment
 
