@@ -15,7 +15,7 @@ Choices, and what each costs on the 2-core machine (2048-bit keys; ``bench/paill
   factorisation: that is the setting of Damgård–Jurik's short-exponent randomness ``hs^α``, ``hs = (−x²)^n mod n²``,
   ``α`` uniform below ``2^(bits/2)``, which SecretFlow's HEU (ZPaillier) uses by default; its semantic security
   rests on DCR plus the small-exponent assumption of that paper. With a fixed base, windowed tables mod p² and q²
-  (CRT) make a value ~2·128 half-size multiplications: 6-7× faster than uniform ``r`` by CRT, 20× faster than
+  (CRT) make a value ~2·128 half-size multiplications: 5.5× faster than uniform ``r`` by CRT, 20× faster than
   without the factors (:class:`_FixedBaseRandomness`).
 - Decryption by CRT over ``p²`` and ``q²``; values come back centre-lifted into ``(-n/2, n/2)``.
 - Ciphertext × plaintext: negative multipliers use the inverse base (``gmpy2.powmod`` with a negative exponent),
