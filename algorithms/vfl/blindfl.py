@@ -56,6 +56,7 @@ import hashlib
 import math
 import secrets
 import struct
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol
 
@@ -456,7 +457,7 @@ def _compact_columns(x: sp.csr_matrix) -> tuple[np.ndarray, sp.csr_matrix]:
 # ------------------------------------------------------------------------------------------------- the layer
 
 
-class SourceLayer:
+class SourceLayer(ABC):
     """One party's end of a federated source layer; subclasses say what the input is (MatMul, Embed).
 
     ``in_dims`` maps every party to its input width (0: the party has no input for this layer); every party
@@ -511,21 +512,25 @@ class SourceLayer:
         """Rows of party's product for a batch (MatMul: batch; Embed: batch × fields)."""
         return batch
 
+    @abstractmethod
     def _prepare(self, x):
         """(integer input for ciphertext products, float input for plaintext products, batch size)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _cipher_product(self, xi) -> he.CipherTensor:
-        raise NotImplementedError
+        """[[x·V]]: the integer input times our share held encrypted under the partner's key."""
 
+    @abstractmethod
     def _plain_product(self, xq) -> np.ndarray:
-        raise NotImplementedError
+        """x·U: the input times our plaintext share."""
 
-    def _cipher_grad(self, xi, g: he.CipherTensor) -> tuple[np.ndarray, he.CipherTensor]:
-        raise NotImplementedError
+    @abstractmethod
+    def _cipher_grad(self, xi, g: he.CipherTensor) -> tuple[np.ndarray | None, he.CipherTensor]:
+        """(rows of the encrypted share it touches, or None for all; [[x^T·g]]) from an encrypted gradient."""
 
+    @abstractmethod
     def _plain_grad(self, xq, g: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        raise NotImplementedError
+        """(rows of U it touches, or None for all; x^T·g) from a plaintext gradient."""
 
     # -- setup -------------------------------------------------------------------------------------------------
     def _packing_for(self, pub: he.PublicKey) -> _Packing:
@@ -578,14 +583,14 @@ class SourceLayer:
                 self.seeds[p] = value.to_bytes(_SEED_BYTES, "big")
 
     # -- forward -------------------------------------------------------------------------------------------------
-    def _masked_share(self, xi) -> tuple[bytes, np.ndarray]:
-        """([[x·V − ε]] packed and re-randomised, as bytes; ε [rows, h])."""
+    def _send_masked_share(self, peer: str, xi, xq) -> np.ndarray:
+        """Send ``peer`` [[x·V − ε]] (packed, re-randomised) and return our plaintext share ``x·U + ε`` (encoded)."""
         pk = self.packing
         ct = self._cipher_product(xi)
-        rows = ct.shape[0]
-        eps = he.random_mask((rows, self.h), self.scales.share_bits)
+        eps = he.random_mask((ct.shape[0], self.h), self.scales.share_bits)
         packed = pk.rows_cipher(ct).add_plain(-pk.rows_plain(pk.cols(eps)))
-        return packed.rerandomize(self.keys.pool(pk.pub, packed.size)).to_bytes(), eps
+        self.chan.send(peer, self._tag + "share", packed.rerandomize(self.keys.pool(pk.pub, packed.size)).to_bytes())
+        return self._encode_z(self._plain_product(xq)) + eps
 
     def _open_share(self, peer: str, rows: int) -> np.ndarray:
         """Receive and decrypt a peer's masked share of ``rows`` rows (under our key), checked against the range
@@ -644,9 +649,7 @@ class SourceLayer:
         tag = self._tag
         t = None
         if xi is not None:
-            payload, eps = self._masked_share(xi)
-            self.chan.send(self.label, tag + "share", payload)
-            t = self._encode_z(self._plain_product(xq)) + eps
+            t = self._send_masked_share(self.label, xi, xq)
         back = None
         if self.me == self.partner and self.label_has_input:
             back = self._open_share(self.label, self._out_rows(self.label, batch))
@@ -669,9 +672,7 @@ class SourceLayer:
         tag = self._tag
         own = None
         if xi is not None:
-            payload, eps = self._masked_share(xi)
-            self.chan.send(self.partner, tag + "share", payload)
-            own = self._encode_z(self._plain_product(xq)) + eps
+            own = self._send_masked_share(self.partner, xi, xq)
         shares = {p: self._open_share(p, self._out_rows(p, batch)) for p in self.active}
         ts = {p: ints_from_bytes(self.chan.recv(p, tag + "t", self.timeout_s),
                                  (self._out_rows(p, batch), self.h), self._t_bits(), f"{tag}t from {p!r}")

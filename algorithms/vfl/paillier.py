@@ -366,20 +366,18 @@ class _FixedBaseRandomness:
     WINDOW = 8
 
     def __init__(self, n: mpz, p: mpz, q: mpz) -> None:
-        self.alpha_bits = (n.bit_length() + 1) // 2
+        alpha_bits = (n.bit_length() + 1) // 2
+        self.alpha_bound = mpz(1) << alpha_bits
         x = _random_below(n, 1)[0]
         h = (-x * x) % n
-        levels = -(-self.alpha_bits // self.WINDOW)
+        levels = -(-alpha_bits // self.WINDOW)
         self.moduli = (p * p, q * q)
         self.tables = [_window_table(np.array([[gmpy2.powmod(h, n, m)]], dtype=object), False, self.WINDOW, levels,
                                      m)[0][0, :, :, 0] for m in self.moduli]
         self.q_inverse = gmpy2.invert(self.moduli[1], self.moduli[0])
 
     def batch(self, k: int) -> list[mpz]:
-        width = self.alpha_bits // 8 + 1
-        raw = os.urandom(width * k)
-        alphas = np.array([mpz.from_bytes(raw[i * width:(i + 1) * width], "big") >> (8 * width - self.alpha_bits)
-                           for i in range(k)], dtype=object)
+        alphas = np.array(_random_below(self.alpha_bound, k), dtype=object)
         digits = _window_digits(alphas, self.WINDOW, signed=False)
         halves = []
         for table, modulus in zip(self.tables, self.moduli):

@@ -34,8 +34,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from seraphim.proto.errors import FatalJobError
 from seraphim.algorithms.vfl import paillier, psi
+from seraphim.proto.errors import FatalJobError
 from seraphim.proto.rpc import TlsFiles
 from seraphim.worker.exchange import GrpcPartyChannel
 from seraphim.worker.party_channel import PartyChannel, PartyError
