@@ -98,6 +98,10 @@ def test_handshake_then_messages_arrive_in_order_and_large_ones_are_chunked(part
     label.close("done")
     with pytest.raises(PartyError, match="'label' .* closed the session \\(done\\)"):
         f1.recv("label", "grad", timeout_s=5)
+    started = time.monotonic()  # a send to a party that said goodbye fails at once with its reason, not as
+    with pytest.raises(PartyError, match="'label' .* closed the session \\(done\\) before message 'fwd'"):
+        f1.send("label", "fwd", b"late")  # "unreachable" after the retry window
+    assert time.monotonic() - started < 1.0
     assert not address_file(tmp_path, "label").exists()
 
 

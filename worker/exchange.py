@@ -233,7 +233,7 @@ class GrpcPartyChannel:
                     if queue:
                         return queue.popleft()
                     if p.closed is not None:
-                        raise PartyError(f"{p.where()} closed the session ({p.closed}) before sending {tag!r}")
+                        raise self._closed_error(p, f"it sent {tag!r}")
                     if self._closed:
                         raise PartyError(f"party {self._party!r} closed its channel while waiting for {tag!r}")
                     remaining = deadline - time.monotonic()
@@ -388,6 +388,8 @@ class GrpcPartyChannel:
             raise PartyError(f"no link to {p.where()}: call handshake() before sending {tag!r}")
         if p.failure is not None:
             raise p.failure
+        if p.closed is not None:
+            raise self._closed_error(p, f"message {tag!r} could be delivered")
         lock = p.send_locks.setdefault(tag, threading.Lock())
         with lock:
             seq = p.next_out.get(tag, 0)
@@ -419,6 +421,8 @@ class GrpcPartyChannel:
                     raise PartyTimeout(f"{what} was not acknowledged within {timeout_s:g}s") from None
                 if p.failure is not None:  # e.g. its restarted process said hello meanwhile
                     raise p.failure from None
+                if p.closed is not None:  # it said goodbye, then stopped serving
+                    raise self._closed_error(p, f"{what} could be delivered") from None
                 if code == grpc.StatusCode.UNAVAILABLE and time.monotonic() > deadline:
                     raise self._fail(p, PartyError(f"{p.where()} is unreachable (gone?): {what} failed for "
                                                    f"{retry_s:g}s: {details}")) from None
@@ -455,6 +459,11 @@ class GrpcPartyChannel:
                 log.error("party %s: %s", self._party, error)
             self._cond.notify_all()
             return p.failure
+
+    @staticmethod
+    def _closed_error(p: _Peer, before: str) -> PartyError:
+        """The error for talking to a peer that said goodbye: its reason says why the session ended."""
+        return PartyError(f"{p.where()} closed the session ({p.closed}) before {before}")
 
     def _peer(self, name: str) -> _Peer:
         try:
