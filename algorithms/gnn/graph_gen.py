@@ -37,7 +37,8 @@ from numba import njit
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from seraphim.algorithms.gnn.csr import CSRGraph
-from seraphim.algorithms.gnn.graph_io import (GraphData, build_csr, iter_chunks, open_features, write_node_data)
+from seraphim.algorithms.gnn.graph_io import (GraphData, begin_graph_dir, build_csr, iter_chunks, open_features,
+                                              write_node_data)
 from seraphim.algorithms.gnn.propagation import normalization, propagate
 
 _EDGES, _FEATURES, _LABELS, _SPLIT, _DEGREES, _SCRAMBLE, _FIELD = range(7)  # one random stream per kind of draw
@@ -282,12 +283,17 @@ def _directions(seed: int, stream: int, count: int, dim: int) -> np.ndarray:
     return np.ascontiguousarray(rows, np.float32)
 
 
+def _block_normals(seed: int, stream: int, r0: int, r1: int, dim: int) -> np.ndarray:
+    """Rows [r0, r1) of a float32 N(0, I_dim) matrix, one generator per ``_BLOCK`` rows: for ranges that start on
+    a block, the values do not depend on how the caller chunks the rows."""
+    return np.concatenate([_rng(seed, stream, 1 + b0 // _BLOCK).standard_normal((min(b0 + _BLOCK, r1) - b0, dim),
+                                                                                np.float32)
+                           for b0 in range(r0, r1, _BLOCK)])
+
+
 def _latent(spec: RMATSpec, r0: int, r1: int) -> np.ndarray:
     """Rows [r0, r1) of the smoothed rule's random field z ~ N(0, I_q), q = min(classes, _LATENT_DIM)."""
-    q = min(spec.classes, _LATENT_DIM)
-    parts = [_rng(spec.seed, _FIELD, 1 + b0 // _BLOCK).standard_normal((b1 - b0, q), np.float32)
-             for b0, b1 in ((r, min(r + _BLOCK, r1)) for r in range(r0, r1, _BLOCK))]
-    return np.concatenate(parts)
+    return _block_normals(spec.seed, _FIELD, r0, r1, min(spec.classes, _LATENT_DIM))
 
 
 def _rmat_labels(spec: RMATSpec, graph: CSRGraph, out_dir: Path) -> np.ndarray:
@@ -322,9 +328,7 @@ def _write_features(out_dir: Path, spec: FeatureSignal, n: int, signal: Callable
     """``x = signal(rows) + N(0, I)``, written row block by row block straight into features.npy."""
     out = open_features(out_dir, n, spec.feature_dim)
     for r0, r1 in iter_chunks(n, _FEATURE_ROWS):
-        noise = np.concatenate([_rng(spec.seed, _FEATURES, 1 + b0 // _BLOCK).standard_normal(
-            (min(b0 + _BLOCK, r1) - b0, spec.feature_dim), np.float32) for b0 in range(r0, r1, _BLOCK)])
-        out[r0:r1] = signal(r0, r1) + noise
+        out[r0:r1] = signal(r0, r1) + _block_normals(spec.seed, _FEATURES, r0, r1, spec.feature_dim)
     out.flush()
 
 
@@ -348,10 +352,8 @@ def _split(n: int, spec: FeatureSignal) -> dict[str, np.ndarray]:
 def generate(spec: DCSBMSpec | RMATSpec, out_dir: str | Path) -> GraphData:
     """Write the CSR graph directory (see graph_io) for ``spec`` into ``out_dir``, replacing what was there, and
     open it. Memory: one chunk of ``chunk_edges`` edges plus O(n)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        (out_dir / "meta.json").unlink(missing_ok=True)  # first: an interrupted rewrite must not look complete
-        shutil.rmtree(out_dir / "split", ignore_errors=True)
+    out_dir = begin_graph_dir(out_dir)
+    shutil.rmtree(out_dir / "split", ignore_errors=True)
     if isinstance(spec, DCSBMSpec):
         labels, theta = _dcsbm_nodes(spec)
         build_csr(_dcsbm_edges(spec, labels, theta), spec.nodes, out_dir)

@@ -160,6 +160,15 @@ def build_csr(edge_chunks: Iterable[tuple[np.ndarray, np.ndarray]], num_nodes: i
 
 
 # ------------------------------------------------------------------------------------------ the CSR directory
+def begin_graph_dir(out_dir: str | Path) -> Path:
+    """Make ``out_dir`` ready for a (re)write: ``meta.json`` goes first, so an interrupted rewrite never looks like
+    a complete graph (``write_node_data`` writes it last)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    return out_dir
+
+
 def open_features(out_dir: str | Path, num_nodes: int, dim: int) -> np.ndarray:
     """A writable float32 [n, d] memory map at ``out_dir/features.npy`` for writers that fill it row block by
     row block."""
@@ -498,8 +507,7 @@ def convert_ogb(src: str | Path, out_dir: str | Path, symmetrize: bool = True) -
     src, out_dir = Path(src), Path(out_dir)
     if not src.is_dir():
         raise GraphError(f"{src} is not a directory of OGB-style arrays")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "meta.json").unlink(missing_ok=True)
+    begin_graph_dir(out_dir)
     features_path = _find(src, _STEMS["features"])
     n = _convert_features(features_path, out_dir)
     labels, num_classes = _convert_labels(_find(src, _STEMS["labels"]), n, features_path)

@@ -196,14 +196,12 @@ def run_gnn(spec: GNNSpec, ctx: JobContext) -> dict[str, Any]:
                  data.graph.num_edges)
     features = run.features()
     t = spec.training
-    config = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
-                         patience=t.patience, eval_every=t.eval_every, seed=t.seed)
+    config = TrainConfig(**t.model_dump())
     rlu = None
     if spec.rlu.stages > 1:
         rlu = RLUConfig(stage_epochs=(t.epochs,) * spec.rlu.stages, threshold=spec.rlu.threshold,
                         temperature=spec.rlu.temperature, gamma=spec.rlu.gamma)
     split = Split(data.train_idx, data.valid_idx, data.test_idx)
-    torch.manual_seed(t.seed)
     start = time.perf_counter()
     results = fit(lambda stage: _build_model(spec, data.features.shape[1], data.num_classes), features,
                   np.asarray(data.labels), split, data.num_classes, config, rlu,

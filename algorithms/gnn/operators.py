@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from seraphim.algorithms.gnn.csr import CSRGraph, GraphError
 from seraphim.algorithms.gnn.propagation import hops as propagate_hops
-from seraphim.algorithms.gnn.propagation import label_seed, ppr
+from seraphim.algorithms.gnn.propagation import ppr, train_one_hot
 
 __all__ = [
     "GraphOp", "LaplacianOp", "PPROp", "HeatOp",
@@ -282,12 +282,16 @@ class AdaptiveMessage(MessageOp):
 
     def weights(self, hops: Sequence[Tensor]) -> Tensor:
         """The per-node hop weights ``[B, L]`` (each row sums to one)."""
-        _check_levels(hops, self.levels, type(self).__name__)
-        return torch.softmax(self.scores(torch.stack(list(hops), dim=1)), dim=1)
+        return torch.softmax(self.scores(self._stacked(hops)), dim=1)
 
     def forward(self, hops: Sequence[Tensor]) -> Tensor:
-        w = self.att_drop(self.weights(hops))
-        return torch.einsum("bl,bld->bd", w, torch.stack(list(hops), dim=1))
+        stacked = self._stacked(hops)  # once per batch: the scores and the weighted sum both read it
+        w = self.att_drop(torch.softmax(self.scores(stacked), dim=1))
+        return torch.einsum("bl,bld->bd", w, stacked)
+
+    def _stacked(self, hops: Sequence[Tensor]) -> Tensor:
+        _check_levels(hops, self.levels, type(self).__name__)
+        return torch.stack(list(hops), dim=1)
 
 
 class GateMessage(AdaptiveMessage):
@@ -373,7 +377,8 @@ class PostOp(ABC):
         """Refined class scores ``[n, C]`` (argmax is the prediction) from logits ``[n, C]``."""
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32, shifted by each row's max so that large logits do not overflow."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -395,8 +400,8 @@ class LabelPropagationPost(PostOp):
     def __call__(self, graph: CSRGraph, logits: np.ndarray, labels: np.ndarray,
                  train_idx: np.ndarray) -> np.ndarray:
         _check_logits(graph, logits)
-        probs = _softmax(logits)
-        probs[train_idx] = label_seed(labels, train_idx, logits.shape[1])[train_idx]
+        probs = softmax(logits)
+        probs[train_idx] = train_one_hot(labels, train_idx, logits.shape[1])
         levels = self.graph_op(graph, probs)
         with torch.no_grad():
             combined = (self.message or LastMessage())([torch.from_numpy(h) for h in levels])
@@ -421,13 +426,13 @@ class CorrectAndSmooth(PostOp):
     def __call__(self, graph: CSRGraph, logits: np.ndarray, labels: np.ndarray,
                  train_idx: np.ndarray) -> np.ndarray:
         _check_logits(graph, logits)
-        probs = _softmax(logits)
-        y = label_seed(labels, train_idx, logits.shape[1])
+        probs = softmax(logits)
+        y_train = train_one_hot(labels, train_idx, logits.shape[1])
         residual = np.zeros_like(probs)
-        residual[train_idx] = y[train_idx] - probs[train_idx]
+        residual[train_idx] = y_train - probs[train_idx]
         spread = ppr(graph, residual, 1.0 - self.correct_alpha, self.correct_iters, self.r)[-1]
         sigma = np.abs(residual[train_idx]).sum(1).mean() if len(train_idx) else 0.0
         norm = np.abs(spread).sum(1, keepdims=True)
         corrected = probs + sigma * np.divide(spread, norm, out=np.zeros_like(spread), where=norm > 0)
-        corrected[train_idx] = y[train_idx]
+        corrected[train_idx] = y_train
         return ppr(graph, corrected.astype(np.float32), 1.0 - self.smooth_alpha, self.smooth_iters, self.r)[-1]

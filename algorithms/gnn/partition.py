@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from seraphim.algorithms.gnn.csr import CSRGraph, GraphError
-from seraphim.algorithms.gnn.graph_io import (GraphData, SPLITS, iter_chunks, load_graph, open_features,
+from seraphim.algorithms.gnn.graph_io import (GraphData, SPLITS, begin_graph_dir, iter_chunks, open_features,
                                               write_node_data)
 
 _ROWS = 1 << 16  # feature rows copied at once by relabel_graph
@@ -152,9 +152,7 @@ def relabel(graph: CSRGraph, partition: Partition, out: np.ndarray | None = None
 def relabel_graph(data: GraphData, partition: Partition, out_dir: str | Path) -> GraphData:
     """Write ``data`` as a new graph directory in the partition's ids (features, labels and split follow), so
     worker ``w`` owns the contiguous range ``partition.ranges()[w]``; memory O(n) plus a block of rows."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "meta.json").unlink(missing_ok=True)
+    out_dir = begin_graph_dir(out_dir)
     indices = np.lib.format.open_memmap(out_dir / "indices.npy", "w+", np.int64, (data.graph.num_edges,))
     graph = relabel(data.graph, partition, indices)
     indices.flush()
@@ -168,9 +166,8 @@ def relabel_graph(data: GraphData, partition: Partition, out_dir: str | Path) ->
     del features
     split = {s: partition.old_to_new[ids] for s, ids in zip(SPLITS, (data.train_idx, data.valid_idx,
                                                                      data.test_idx))}
-    write_node_data(out_dir, np.asarray(data.labels)[partition.new_to_old], data.num_classes, split,
-                    {"partition": {"bounds": partition.bounds.tolist()}})
-    return load_graph(out_dir)
+    return write_node_data(out_dir, np.asarray(data.labels)[partition.new_to_old], data.num_classes, split,
+                           {"partition": {"bounds": partition.bounds.tolist()}})
 
 
 def load_bounds(path: str | Path) -> list[tuple[int, int]] | None:

@@ -30,7 +30,7 @@ from .csr import CSRGraph, GraphError
 
 __all__ = [
     "Scales", "PartitionBlock", "normalization", "propagate", "propagate_rows", "needed_sources", "partition_block",
-    "propagate_block", "hops", "label_seed", "label_hops", "ppr", "s2gc", "heat_kernel",
+    "propagate_block", "hops", "train_one_hot", "label_seed", "label_hops", "ppr", "s2gc", "heat_kernel",
 ]
 
 Scales = tuple[np.ndarray, np.ndarray]  #: (row_scale, col_scale) = (D̃^(r-1), D̃^(-r)), float32 [n] each
@@ -360,8 +360,9 @@ def hops(graph: CSRGraph, x: np.ndarray, k: int, r: float = 0.5) -> list[np.ndar
     return out
 
 
-def label_seed(labels: np.ndarray, train_idx: np.ndarray, num_classes: int) -> np.ndarray:
-    """``Ŷ^(0)``: float32 [n, num_classes], one-hot rows for the training nodes and zeros elsewhere."""
+def train_one_hot(labels: np.ndarray, train_idx: np.ndarray, num_classes: int) -> np.ndarray:
+    """float32 [len(train_idx), num_classes]: the training nodes' one-hot labels, after checking ids and classes;
+    only these rows, so callers that need no [n, C] array (the trainer's seed) never allocate one."""
     labels, train_idx = np.asarray(labels), np.asarray(train_idx)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise GraphError(f"labels must be a 1-D integer array with one entry per node, got {labels.dtype} "
@@ -375,8 +376,16 @@ def label_seed(labels: np.ndarray, train_idx: np.ndarray, num_classes: int) -> n
     if len(seen) and (seen.min() < 0 or seen.max() >= num_classes):
         raise GraphError(f"training labels must lie in [0, {num_classes}), got values from {seen.min()} to "
                          f"{seen.max()}")
-    y = np.zeros((n, num_classes), np.float32)
-    y[train_idx, seen] = 1.0
+    rows = np.zeros((len(train_idx), num_classes), np.float32)
+    rows[np.arange(len(train_idx)), seen] = 1.0
+    return rows
+
+
+def label_seed(labels: np.ndarray, train_idx: np.ndarray, num_classes: int) -> np.ndarray:
+    """``Ŷ^(0)``: float32 [n, num_classes], one-hot rows for the training nodes and zeros elsewhere."""
+    rows = train_one_hot(labels, train_idx, num_classes)
+    y = np.zeros((len(labels), num_classes), np.float32)
+    y[np.asarray(train_idx)] = rows
     return y
 
 

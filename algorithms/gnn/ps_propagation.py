@@ -4,6 +4,8 @@ Hop ``l`` of rows ``[lo, hi)`` needs hop ``l-1`` of those rows and of their halo
 range). A worker walks its range in chunks of ``chunk_rows`` rows so the gathered block stays bounded whatever
 the graph's size; each chunk pulls its sources, runs the compiled kernel and writes its rows of hop ``l``. A
 barrier (the PS clock under BSP) separates hops, so nobody reads a hop before every worker has written it.
+A chunk's block is built again at every hop rather than kept: keeping every block would hold the whole range's
+edge list, which is the memory the chunking exists to bound.
 """
 
 from __future__ import annotations

@@ -160,10 +160,8 @@ def run_search(spec: PasCaSearchSpec, ctx: JobContext) -> dict[str, Any]:
     if ctx.world_size != 1:
         raise GraphError(f"gnn.pasca drives its trials from one worker; set cluster.workers: 1 (got "
                          f"{ctx.world_size}); each trial's own cluster is trial_cluster")
-    graph_dir = ctx.run_dir / "graph"
-    open_graph(spec.graph, graph_dir, 0)
-    if spec.graph.path is not None:
-        graph_dir = Path(spec.graph.path)
+    graph_dir = Path(spec.graph.path) if spec.graph.path is not None else ctx.run_dir / "graph"
+    open_graph(spec.graph, graph_dir, 0)  # generated or converted once for every trial; a bad graph fails here
     trials = _Trials(spec, ctx, graph_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=_sampler(spec))

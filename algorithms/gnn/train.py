@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from seraphim.algorithms.gnn.csr import CSRGraph, GraphError
-from seraphim.algorithms.gnn.operators import GraphOp
-from seraphim.algorithms.gnn.propagation import label_seed
+from seraphim.algorithms.gnn.operators import GraphOp, softmax
+from seraphim.algorithms.gnn.propagation import train_one_hot
 
 __all__ = [
     "HopSource", "InMemoryHops", "LabelPropagator", "graph_label_propagator", "FoldedLabels",
@@ -53,14 +53,6 @@ class InMemoryHops:
         if len(shapes) != 1 or levels[0].ndim != 2:
             raise GraphError(f"every level must be the same 2-D [n, d] shape, got {sorted(shapes)}")
         self.stacked = np.ascontiguousarray(np.stack(levels, axis=1), dtype=np.float32)
-
-    @property
-    def num_nodes(self) -> int:
-        return self.stacked.shape[0]
-
-    @property
-    def levels(self) -> int:
-        return self.stacked.shape[1]
 
     def fetch(self, node_ids: np.ndarray) -> list[np.ndarray]:
         rows = self.stacked[node_ids]
@@ -194,8 +186,6 @@ class StageResult:
     eval_logits: np.ndarray
     teacher: Teacher | None = None
     pseudo_acc: float = math.nan       #: accuracy of the teacher's labels on its confident nodes (report only)
-    label_seed_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    label_seed_rows: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
 
     def line(self) -> str:
         extra = "" if self.teacher is None else (f" confident={len(self.teacher.ids)}"
@@ -322,11 +312,9 @@ def train_stage(model: nn.Module, features: HopSource, labels: np.ndarray, split
 
 
 def _teacher(previous: StageResult, split: Split, rlu: RLUConfig) -> Teacher:
-    scaled = previous.eval_logits / rlu.temperature
-    probs = np.exp(scaled - scaled.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    probs = softmax(previous.eval_logits / rlu.temperature)
     confident = probs.max(1) > rlu.threshold
-    return Teacher(split.evaluated[confident], probs[confident].astype(np.float32))
+    return Teacher(split.evaluated[confident], probs[confident])
 
 
 def fit(build_model: Callable[[int], nn.Module], features: HopSource, labels: np.ndarray, split: Split,
@@ -348,7 +336,7 @@ def fit(build_model: Callable[[int], nn.Module], features: HopSource, labels: np
     num_nodes = len(labels)
     stage_epochs = (config.epochs,) if rlu is None else rlu.stage_epochs
     seed_ids = split.train
-    seed_rows = label_seed(labels, split.train, num_classes)[split.train]
+    seed_rows = train_one_hot(labels, split.train, num_classes)
     results: list[StageResult] = []
     for stage, epochs in enumerate(stage_epochs):
         teacher = None if stage == 0 else _teacher(results[-1], split, rlu)
@@ -361,6 +349,5 @@ def fit(build_model: Callable[[int], nn.Module], features: HopSource, labels: np
         model = build_model(stage)
         result = train_stage(model, features, labels, split, replace(config, epochs=epochs), label_input, teacher,
                              0.0 if rlu is None else rlu.gamma, stage, log, share, make_optimizer, on_step, on_eval)
-        result.label_seed_ids, result.label_seed_rows = ids, rows
         results.append(result)
     return results
