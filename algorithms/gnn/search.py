@@ -133,7 +133,8 @@ class _Trials:
             "name": f"{self.name}-t{number}", "algorithm": "gnn.gamlp",
             "cluster": {"ps": c.ps, "workers": c.workers, "max_restarts": 0},
             "storage": {"dir": str(self.root), "ram_mb": c.ram_mb, "page_kb": c.page_kb, "snapshot_every": 0},
-            "train": {"graph": {"path": str(self.graph_dir)}, "training": self.spec.training.model_dump(), **point},
+            "train": {"graph": {"path": str(self.graph_dir), "partition": self.spec.graph.partition},
+                      "training": self.spec.training.model_dump(), **point},
         })
 
     def run(self, number: int, point: dict[str, Any]) -> dict[str, Any]:
