@@ -9,12 +9,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from seraphim.proto.atomic_file import atomic_write
+
 
 def write_port_file(path: Path | None, port: int) -> None:
     if path:
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(str(port))
-        tmp.replace(path)
+        atomic_write(path, lambda f: f.write(str(port).encode()))
 
 
 def wait_for_port_file(proc: subprocess.Popen, path: Path, timeout_s: float, what: str, log: Path) -> int:

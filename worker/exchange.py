@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from seraphim.proto import exchange_pb2, exchange_pb2_grpc
+from seraphim.proto.atomic_file import atomic_write
 from seraphim.proto.rpc import (CHUNK_BYTES, MAX_MESSAGE_BYTES, TlsFiles, join_chunks, make_channel, make_server,
                                 serve_chunked, split_message, token_metadata)
 from seraphim.worker.party_channel import PartyError, PartyMessageRejected, PartyTimeout
@@ -190,9 +191,7 @@ class GrpcPartyChannel:
         self._addr_file = address_file(run_dir, party) if port == 0 else None
         if self._addr_file is not None:
             self._addr_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._addr_file.with_suffix(".addr.tmp")
-            tmp.write_text(self.address)
-            tmp.replace(self._addr_file)
+            atomic_write(self._addr_file, lambda f: f.write(self.address.encode()))
         log.info("party %s serves session %s on %s", party, session_id, self.address)
 
     # -- PartyChannel -----------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ transport (``seraphim.worker.exchange``) and the in-process one used by protocol
 
 from __future__ import annotations
 
-from typing import Protocol
+import json
+from typing import Any, Protocol
 
 from seraphim.proto.errors import FatalJobError
 
@@ -46,3 +47,16 @@ class PartyChannel(Protocol):
 
     def close(self) -> None:
         """Stop serving and release the connection."""
+
+
+def send_json(chan: PartyChannel, peer: str, tag: str, value: Any) -> None:
+    """Send a JSON-serialisable value (plans, schemas, small control messages)."""
+    chan.send(peer, tag, json.dumps(value).encode())
+
+
+def recv_json(chan: PartyChannel, peer: str, tag: str, timeout_s: float) -> Any:
+    """The next JSON message from ``peer`` under ``tag``; PartyError naming the peer and tag when it is not JSON."""
+    try:
+        return json.loads(chan.recv(peer, tag, timeout_s))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PartyError(f"party {peer!r} sent a malformed {tag!r} message: {exc}") from None

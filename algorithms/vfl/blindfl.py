@@ -150,6 +150,7 @@ class PartyKeys:
         self.peers = dict(peers)
         self.pool_processes, self.pool_size = pool_processes, pool_size
         self._pools: dict[he.PublicKey, he.RandomnessPool] = {}
+        self._setup_pool: he.RandomnessPool | None = None  #: own-key randomness for one-off encryptions
         self.he = he.HEPool(he_processes) if he_processes > 0 else None
 
     def of(self, party: str) -> he.PublicKey:
@@ -170,17 +171,22 @@ class PartyKeys:
         return self._pools[pub]
 
     def encrypt_once(self, pub: he.PublicKey, m: np.ndarray) -> he.CipherTensor:
-        """A one-off encryption (setup): no pool kept for it; by CRT under our own key."""
+        """A one-off encryption (setup), without background processes; under our own key with the owner's
+        fixed-base randomness, whose tables are built once for every such call."""
         own = self._owner(pub)
         if own is None:
             return pub.encrypt(m)
-        with he.RandomnessPool(pub, 1, processes=0, private_key=own) as pool:
-            return pub.encrypt(m, pool)
+        if self._setup_pool is None:
+            self._setup_pool = he.RandomnessPool(pub, 1, processes=0, private_key=own)
+        return pub.encrypt(m, self._setup_pool)
 
     def close(self) -> None:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+        if self._setup_pool is not None:
+            self._setup_pool.close()
+            self._setup_pool = None
         if self.he is not None:
             self.he.close()
 
@@ -273,11 +279,7 @@ class _Packing:
         n = m.shape[0]
         padded = np.zeros((self.packed_rows(n) * self.rp, self.c), dtype=object)
         padded[:n] = m
-        grouped = padded.reshape(-1, self.rp, self.c)
-        out = np.zeros((grouped.shape[0], self.c), dtype=object)
-        for r in range(self.rp - 1, -1, -1):
-            out = (out << (self.hc * self.slot)) + grouped[:, r]
-        return out
+        return he.pack_slots(np.moveaxis(padded.reshape(-1, self.rp, self.c), 1, -1), self.hc * self.slot)
 
     def rows_cipher(self, ct: he.CipherTensor) -> he.CipherTensor:
         """The same fold on ciphertexts (Horner: one shift costs hc·slot squarings per value)."""
@@ -414,12 +416,7 @@ def ps_store(client) -> StoreFactory:
 
 def _prg_ints(seed: bytes, label: str, shape: tuple[int, ...], bits: int) -> np.ndarray:
     """Integers uniform in [0, 2^bits) from SHAKE-256(seed, label): the pairwise zero-sum masks."""
-    count = math.prod(shape)
-    width = (bits + 7) // 8
-    stream = hashlib.shake_256(seed + label.encode()).digest(width * count)
-    cut = 8 * width - bits
-    return np.array([int.from_bytes(stream[i * width:(i + 1) * width], "big") >> cut for i in range(count)],
-                    dtype=object).reshape(shape)
+    return he.uniform_ints(hashlib.shake_256(seed + label.encode()).digest, shape, bits)
 
 
 def _random_normal(shape: tuple[int, ...], std: float) -> np.ndarray:
@@ -502,6 +499,7 @@ class SourceLayer(ABC):
             peer_key = self.keys.of(self.partner if self.is_label else label_party)
             self.packing = _Packing(peer_key, self.h, self.scales.slot_bits)
             self.store = store(f"{name}.{self.me}", peer_key, d, self.packing.c)
+        self.own_packing = _Packing(self.keys.public, self.h, self.scales.slot_bits)  #: shares others send us
         self._tag = f"blindfl/{name}/"
 
     # -- what subclasses define ----------------------------------------------------------------------------
@@ -533,13 +531,10 @@ class SourceLayer(ABC):
         """(rows of U it touches, or None for all; x^T·g) from a plaintext gradient."""
 
     # -- setup -------------------------------------------------------------------------------------------------
-    def _packing_for(self, pub: he.PublicKey) -> _Packing:
-        return _Packing(pub, self.h, self.scales.slot_bits)
-
     def _encrypt_share(self, rows: int, pub: he.PublicKey) -> he.CipherTensor:
         """A fresh random share V [rows, h] for a peer, encrypted under our key (we never keep V)."""
         v = he.FixedPoint(self.scales.w).encode(_random_normal((rows, self.h), self.init_std / math.sqrt(2)))
-        return self.keys.encrypt_once(pub, self._packing_for(pub).cols(v))
+        return self.keys.encrypt_once(pub, _Packing(pub, self.h, self.scales.slot_bits).cols(v))
 
     def setup(self) -> None:
         """Draw the plaintext shares and exchange the encrypted ones (and the zero-sum seeds). Sends first."""
@@ -595,7 +590,7 @@ class SourceLayer(ABC):
     def _open_share(self, peer: str, rows: int) -> np.ndarray:
         """Receive and decrypt a peer's masked share of ``rows`` rows (under our key), checked against the range
         its masks allow."""
-        pk = self._packing_for(self.keys.public)
+        pk = self.own_packing
         ct = _recv_cipher(self.chan, peer, self._tag + "share", self.keys.public, (pk.packed_rows(rows), pk.c),
                           self.timeout_s)
         plain = self.keys.private.decrypt(ct, self.keys.he)
@@ -727,7 +722,7 @@ class SourceLayer(ABC):
     def _backward_label(self, xi, xq, batch: int, grad: np.ndarray, lr: float) -> None:
         parts = self._grad_parts(grad, batch)
         own_pub = self.keys.public
-        pk = self._packing_for(own_pub)
+        pk = self.own_packing
         fp = he.FixedPoint(self.scales.g)
         payload = None
         per_step = pk.c * (batch if self.sums else sum(parts[p].shape[0] for p in self.active))

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from seraphim.proto.atomic_file import atomic_write
 from seraphim.proto.errors import FatalJobError
 
 __all__ = ["SchemaError", "Schema", "PartyData", "breast_cancer_split", "click_split", "write_party", "read_party",
@@ -280,29 +281,28 @@ def align_by_ids(parts: Mapping[str, PartyData], label_party: str) -> dict[str, 
 def write_party(path: str | Path, data: PartyData) -> Path:
     """Write ``data`` as ``.npz`` (everything) or ``.csv`` (no sparse part); written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".npz":
-        with open(tmp, "wb") as f:
-            np.savez(f, ids=data.ids, dense=data.dense, dense_names=np.array(data.dense_names, dtype=str),
-                     sparse_data=data.sparse.data, sparse_indices=data.sparse.indices,
-                     sparse_indptr=data.sparse.indptr, sparse_dim=np.array(data.sparse.shape[1]),
-                     categorical=data.categorical, schema=np.array(json.dumps(data.schema.to_json())),
-                     labels=data.labels if data.labels is not None else np.zeros(0))
-    elif path.suffix == ".csv":
-        if data.sparse.shape[1]:
-            raise SchemaError(f"{path}: a CSV file cannot hold the {data.sparse.shape[1]} sparse columns; use .npz")
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id"] + (["label"] if data.labels is not None else []) + list(data.dense_names)
-                       + [f"{n}[{v}]" for n, v in data.fields])
-            for i in range(len(data)):
-                w.writerow([data.ids[i]] + ([int(data.labels[i])] if data.labels is not None else [])
-                           + [repr(float(v)) for v in data.dense[i]] + [int(c) for c in data.categorical[i]])
-    else:
+    if path.suffix not in (".npz", ".csv"):
         raise SchemaError(f"{path}: party data files must end in .npz or .csv")
-    tmp.replace(path)
-    return path
+    if path.suffix == ".csv" and data.sparse.shape[1]:
+        raise SchemaError(f"{path}: a CSV file cannot hold the {data.sparse.shape[1]} sparse columns; use .npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npz":
+        return atomic_write(path, lambda f: np.savez(
+            f, ids=data.ids, dense=data.dense, dense_names=np.array(data.dense_names, dtype=str),
+            sparse_data=data.sparse.data, sparse_indices=data.sparse.indices, sparse_indptr=data.sparse.indptr,
+            sparse_dim=np.array(data.sparse.shape[1]), categorical=data.categorical,
+            schema=np.array(json.dumps(data.schema.to_json())),
+            labels=data.labels if data.labels is not None else np.zeros(0)))
+
+    def write_csv(f) -> None:
+        w = csv.writer(f)
+        w.writerow(["id"] + (["label"] if data.labels is not None else []) + list(data.dense_names)
+                   + [f"{n}[{v}]" for n, v in data.fields])
+        for i in range(len(data)):
+            w.writerow([data.ids[i]] + ([int(data.labels[i])] if data.labels is not None else [])
+                       + [repr(float(v)) for v in data.dense[i]] + [int(c) for c in data.categorical[i]])
+
+    return atomic_write(path, write_csv, text=True)
 
 
 def _read_csv(path: Path) -> PartyData:
@@ -363,7 +363,7 @@ def read_party(path: str | Path, expect: Schema | None = None) -> PartyData:
     return data
 
 
-def expected_rows(spec: Any, run_dir: str | Path | None = None) -> int:
+def expected_rows(spec: Any) -> int:
     """Rows at the label party of a ``vfl.blindfl`` spec (an upper bound on the aligned samples)."""
     if spec.generate == "breast_cancer":
         missing = float(spec.generate_options.get("missing", 0.0))
@@ -373,8 +373,6 @@ def expected_rows(spec: Any, run_dir: str | Path | None = None) -> int:
         return samples - int(round(float(spec.generate_options.get("missing", 0.0)) * samples))
     label = next(p for p in spec.parties if p.role == "label")
     path = Path(label.data).expanduser()
-    if not path.is_absolute() and run_dir is not None:
-        path = Path(run_dir) / path
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             return len(z["ids"])

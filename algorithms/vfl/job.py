@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from seraphim.algorithms.registry import Job, JobContext, register
 from seraphim.algorithms.vfl import blindfl, data, models
-from seraphim.algorithms.vfl.session import PartySetup, TrainPlan, run_party
+from seraphim.algorithms.vfl.session import PartySetup, Schedule, TrainPlan, run_party
 from seraphim.proto.errors import FatalJobError
 from seraphim.proto.rpc import TlsFiles, resolve_token
 from seraphim.worker.exchange import PARTY_NAME_PATTERN
@@ -174,8 +174,7 @@ class BlindFLJob(Job):
             rows = data.expected_rows(spec)
         except (OSError, ValueError, KeyError):
             return spec.epochs
-        train = rows - int(round(rows * spec.val_fraction))
-        return spec.epochs * max(1, -(-train // spec.batch_size))
+        return Schedule(rows, spec.batch_size, spec.epochs, spec.val_fraction, seed=0).total_steps
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
         spec: VFLSpec = self.spec

@@ -60,10 +60,6 @@ class LocalHub:
                 self.messages.append(delivered)
         self._queue(message.sender, message.receiver, message.tag).put(delivered.payload)
 
-    def bytes_between(self, sender: str, receiver: str) -> int:
-        """Payload bytes recorded from ``sender`` to ``receiver``."""
-        return sum(len(m.payload) for m in self.messages if m.sender == sender and m.receiver == receiver)
-
 
 class LocalChannel:
     """One party's endpoint on a :class:`LocalHub` (implements ``worker.party_channel.PartyChannel``)."""

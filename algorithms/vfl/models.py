@@ -32,7 +32,6 @@ top model uses ``top_optimizer`` at ``top_lr`` (default ``lr``). The loss is the
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Mapping
@@ -46,7 +45,7 @@ from seraphim.algorithms.vfl import paillier as he
 from seraphim.algorithms.vfl.blindfl import (EmbedSourceLayer, MatMulSourceLayer, MemoryShareStore, PartyKeys,
                                              Precision, SourceLayer, StoreFactory)
 from seraphim.algorithms.vfl.data import PartyData, Schema, SchemaError
-from seraphim.worker.party_channel import PartyChannel, PartyError
+from seraphim.worker.party_channel import PartyChannel, PartyError, recv_json, send_json
 
 __all__ = ["ModelConfig", "LayerPlan", "plan_layers", "TopModel", "LabelPartyTrainer", "FeaturePartyTrainer",
            "make_trainer", "make_top_optimizer", "layer_inputs", "binary_metrics"]
@@ -268,18 +267,15 @@ class LabelPartyTrainer(_PartyTrainer):
             raise SchemaError(f"label party {channel.party!r} has no labels in its data")
         schemas = {channel.party: data.schema}
         for p in sorted(channel.peers()):
-            try:
-                schemas[p] = Schema.from_json(json.loads(channel.recv(p, _SCHEMA_TAG, timeout_s)))
-            except json.JSONDecodeError as exc:
-                raise PartyError(f"party {p!r} sent a malformed schema: {exc}") from None
+            schemas[p] = Schema.from_json(recv_json(channel, p, _SCHEMA_TAG, timeout_s))
             if schemas[p].has_labels:
                 raise SchemaError(f"feature party {p!r} holds labels: only the label party {channel.party!r} "
                                   "may (drop the label column from its data)")
         plans = plan_layers(config, schemas)
-        message = json.dumps({"layers": [p.to_json() for p in plans],
-                              "precision": asdict(config.precision), "eval_batch": config.eval_batch}).encode()
+        plan = {"layers": [p.to_json() for p in plans], "precision": asdict(config.precision),
+                "eval_batch": config.eval_batch}
         for p in sorted(channel.peers()):
-            channel.send(p, _PLAN_TAG, message)
+            send_json(channel, p, _PLAN_TAG, plan)
         super().__init__(channel, data, keys, channel.party, plans, config.precision, store, timeout_s,
                          config.eval_batch)
         self.config = config
@@ -335,13 +331,13 @@ class FeaturePartyTrainer(_PartyTrainer):
         if data.labels is not None:
             raise SchemaError(f"feature party {channel.party!r} holds labels: only the label party "
                               f"{label_party!r} may")
-        channel.send(label_party, _SCHEMA_TAG, json.dumps(data.schema.to_json()).encode())
+        send_json(channel, label_party, _SCHEMA_TAG, data.schema.to_json())
+        plan = recv_json(channel, label_party, _PLAN_TAG, timeout_s)
         try:
-            plan = json.loads(channel.recv(label_party, _PLAN_TAG, timeout_s))
             plans = [LayerPlan.from_json(p) for p in plan["layers"]]
             precision = Precision(**plan["precision"])
             eval_batch = int(plan["eval_batch"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise PartyError(f"label party {label_party!r} sent a malformed plan: {exc}") from None
         super().__init__(channel, data, keys, label_party, plans, precision, store, timeout_s, eval_batch)
 

@@ -53,7 +53,7 @@ from gmpy2 import mpz
 __all__ = [
     "STAT_SECURITY_BITS", "MIN_KEY_BITS", "generate_keypair", "PublicKey", "PrivateKey", "FixedPoint",
     "RandomnessPool", "CipherTensor", "HEPool", "plain_matmul_cipher", "sparse_matmul_cipher",
-    "plain_t_matmul_cipher", "sparse_t_matmul_cipher", "cipher_t_matmul_plain", "random_mask",
+    "plain_t_matmul_cipher", "sparse_t_matmul_cipher", "cipher_t_matmul_plain", "random_mask", "uniform_ints",
     "pack_slots", "unpack_slots", "slots_per_ciphertext",
 ]
 
@@ -303,12 +303,18 @@ def random_mask(shape, bits: int) -> np.ndarray:
     recombined over the integers across two parties' different moduli."""
     if bits < 0:
         raise ValueError(f"bits must be >= 0, got {bits}")
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
     total = bits + STAT_SECURITY_BITS
+    return uniform_ints(os.urandom, shape, total)
+
+
+def uniform_ints(read: Callable[[int], bytes], shape, bits: int) -> np.ndarray:
+    """Integers uniform in [0, 2^bits) (object array of ``shape``) from ``read(k)``, k uniform random bytes (the
+    OS, a seeded PRG): each value takes its own whole bytes, top bits first."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    width = (bits + 7) // 8
     count = math.prod(shape)
-    width = (total + 7) // 8
-    raw = os.urandom(width * count)
-    cut = 8 * width - total
+    raw = read(width * count)
+    cut = 8 * width - bits
     out = [int.from_bytes(raw[i * width:(i + 1) * width], "big") >> cut for i in range(count)]
     return np.array(out, dtype=object).reshape(shape)
 

@@ -22,10 +22,9 @@ waiting for their timeouts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import logging
-import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -35,10 +34,11 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from seraphim.algorithms.vfl import paillier, psi
+from seraphim.proto.atomic_file import atomic_write
 from seraphim.proto.errors import FatalJobError
 from seraphim.proto.rpc import TlsFiles
 from seraphim.worker.exchange import GrpcPartyChannel
-from seraphim.worker.party_channel import PartyChannel, PartyError
+from seraphim.worker.party_channel import PartyChannel, PartyError, recv_json, send_json
 
 KEEP_CHECKPOINTS = 3
 _STEP_FILE = re.compile(r"^step-(\d{8})\.npz$")
@@ -113,14 +113,19 @@ class Schedule:
     seed: int
 
     @property
+    def validation_samples(self) -> int:
+        return int(round(self.samples * self.val_fraction))
+
+    @functools.cached_property
     def split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(training, validation) positions into the aligned order, each sorted."""
         order = np.random.default_rng([self.seed, 0]).permutation(self.samples)
-        val = int(round(self.samples * self.val_fraction))
+        val = self.validation_samples
         return np.sort(order[val:]), np.sort(order[:val])
 
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, -(-len(self.split[0]) // self.batch_size))
+        return max(1, -(-(self.samples - self.validation_samples) // self.batch_size))
 
     @property
     def total_steps(self) -> int:
@@ -142,7 +147,8 @@ class Alignment:
     seed: int
 
     def save(self, path: Path) -> None:
-        _atomic_npz(path, rows=self.rows, alignment_id=np.array(self.alignment_id), seed=np.array(self.seed))
+        atomic_write(path, lambda f: np.savez(f, rows=self.rows, alignment_id=np.array(self.alignment_id),
+                                              seed=np.array(self.seed)))
 
     @classmethod
     def load(cls, path: Path) -> "Alignment | None":
@@ -150,13 +156,6 @@ class Alignment:
             return None
         with np.load(path, allow_pickle=False) as z:
             return cls(z["rows"].astype(np.int64), str(z["alignment_id"]), int(z["seed"]))
-
-
-def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    tmp.replace(path)
 
 
 # --------------------------------------------------------------------------------------------------- keys
@@ -178,11 +177,7 @@ def load_or_create_keypair(path: Path, bits: int, log: logging.Logger) -> tuple[
         return private.public, private
     public, private = paillier.generate_keypair(bits)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private.to_bytes())
-    tmp.replace(path)
+    atomic_write(path, lambda f: f.write(private.to_bytes()), mode=0o600)
     log.info("created the %d-bit Paillier key %s in %s", bits, public.fingerprint(), path)
     return public, private
 
@@ -211,7 +206,7 @@ class Checkpoints:
             raise ValueError(f"trainer state entries must be bytes or non-object arrays and not be named "
                              f"{_BYTES_MARK!r}; got {sorted(state)}")
         arrays[_BYTES_MARK] = np.array([k for k, v in state.items() if isinstance(v, bytes)], dtype=str)
-        _atomic_npz(self.path(step), **arrays)
+        atomic_write(self.path(step), lambda f: np.savez(f, **arrays))
         for old in self.steps()[:-KEEP_CHECKPOINTS]:
             self.path(old).unlink(missing_ok=True)
 
@@ -228,25 +223,14 @@ class Checkpoints:
 # ----------------------------------------------------------------------------------------- plan and alignment
 
 
-def _send_json(chan: PartyChannel, peer: str, tag: str, value: dict) -> None:
-    chan.send(peer, tag, json.dumps(value).encode())
-
-
-def _recv_json(chan: PartyChannel, peer: str, tag: str, timeout_s: float) -> dict:
-    try:
-        return json.loads(chan.recv(peer, tag, timeout_s))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PartyError(f"party {peer!r} sent a malformed {tag!r} message: {exc}") from None
-
-
 def negotiate_plan(chan: PartyChannel, setup: PartySetup, held: list[int], alignment: Alignment | None,
                    log: logging.Logger) -> dict:
     """Agree on where to start: ``{"resume": step, "alignment_id": id}`` (resume 0 with id "" = a fresh start)."""
     mine = {"steps": held, "alignment_id": alignment.alignment_id if alignment else ""}
     if not setup.is_label:
-        _send_json(chan, setup.label_party, "session/state", mine)
-        return _recv_json(chan, setup.label_party, "session/plan", setup.recv_timeout_s)
-    states = {setup.name: mine} | {p: _recv_json(chan, p, "session/state", setup.recv_timeout_s) for p in chan.peers()}
+        send_json(chan, setup.label_party, "session/state", mine)
+        return recv_json(chan, setup.label_party, "session/plan", setup.recv_timeout_s)
+    states = {setup.name: mine} | {p: recv_json(chan, p, "session/state", setup.recv_timeout_s) for p in chan.peers()}
     ids = {s["alignment_id"] for s in states.values()}
     common = set.intersection(*(set(s["steps"]) for s in states.values()))
     plan = {"resume": 0, "alignment_id": ""}
@@ -256,7 +240,7 @@ def negotiate_plan(chan: PartyChannel, setup: PartySetup, held: list[int], align
         log.warning("no checkpoint step common to every party under one sample alignment (%s); starting afresh",
                     {p: (s["alignment_id"], s["steps"]) for p, s in states.items()})
     for p in chan.peers():
-        _send_json(chan, p, "session/plan", plan)
+        send_json(chan, p, "session/plan", plan)
     return plan
 
 
@@ -288,8 +272,8 @@ def align_samples(chan: PartyChannel, setup: PartySetup, ids: Sequence, use_psi:
             log.info("PSI with %s: %d of our %d ids match", setup.label_party, len(matched), len(ids))
         else:
             matched = np.arange(len(ids), dtype=np.int64)
-            _send_json(chan, setup.label_party, "align/ids", {"count": len(ids), "digest": _id_digest(ids)})
-        reply = _recv_json(chan, setup.label_party, "align/rows", timeout)
+            send_json(chan, setup.label_party, "align/ids", {"count": len(ids), "digest": _id_digest(ids)})
+        reply = recv_json(chan, setup.label_party, "align/rows", timeout)
         if reply.get("error"):
             raise AlignmentError(reply["error"])
         positions = np.frombuffer(chan.recv(setup.label_party, "align/positions", timeout), dtype="<i8")
@@ -309,7 +293,7 @@ def align_samples(chan: PartyChannel, setup: PartySetup, ids: Sequence, use_psi:
             + ", ".join(f"{len(r)} match {p!r}" for p, r in pairwise.items())
             + "): check that the parties' id columns hold the same kind of ids")
     else:
-        claims = {p: _recv_json(chan, p, "align/ids", timeout) for p in peers}
+        claims = {p: recv_json(chan, p, "align/ids", timeout) for p in peers}
         bad = {p: c for p, c in claims.items() if c["count"] != len(ids) or c["digest"] != _id_digest(ids)}
         common = set(range(len(ids))) if not bad else set()
         error = "" if not bad else (
@@ -321,7 +305,7 @@ def align_samples(chan: PartyChannel, setup: PartySetup, ids: Sequence, use_psi:
     rows = rows[np.random.default_rng(secrets.randbits(64)).permutation(len(rows))]
     alignment = Alignment(rows, secrets.token_hex(8), secrets.randbits(62))
     for p in peers:
-        _send_json(chan, p, "align/rows", {"error": error, "alignment_id": alignment.alignment_id,
+        send_json(chan, p, "align/rows", {"error": error, "alignment_id": alignment.alignment_id,
                                            "seed": alignment.seed})
         if not error:
             position = {int(r): k for k, r in enumerate(pairwise[p])}
