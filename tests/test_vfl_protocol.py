@@ -437,6 +437,9 @@ def test_party_files_round_trip_and_schema_errors(tmp_path):
     (tmp_path / "bad.csv").write_text("id,x\n1,2\n3\n")
     with pytest.raises(D.SchemaError, match="lines"):
         D.read_party(tmp_path / "bad.csv")
+    np.savez(tmp_path / "other.npz", ids=np.arange(3))  # an npz, but not one of ours: no schema entry
+    with pytest.raises(D.SchemaError, match=r"other.npz is not a party data file: .*schema"):
+        D.read_party(tmp_path / "other.npz")
 
 
 def test_labels_at_a_feature_party_are_refused(keys):

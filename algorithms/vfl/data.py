@@ -350,13 +350,14 @@ def read_party(path: str | Path, expect: Schema | None = None) -> PartyData:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"party data file {path} does not exist")
+    reader = {".npz": _read_npz, ".csv": _read_csv}.get(path.suffix)
+    if reader is None:
+        raise SchemaError(f"{path}: party data files must end in .npz or .csv")
     try:
-        data = {".npz": _read_npz, ".csv": _read_csv}[path.suffix](path)
-    except KeyError:
-        raise SchemaError(f"{path}: party data files must end in .npz or .csv") from None
-    except (KeyError, ValueError) as exc:
-        if isinstance(exc, SchemaError):
-            raise SchemaError(f"{path}: {exc}") from None
+        data = reader(path)
+    except SchemaError as exc:
+        raise SchemaError(f"{path}: {exc}") from None
+    except (KeyError, ValueError) as exc:  # an npz without one of our entries, a value that does not parse
         raise SchemaError(f"{path} is not a party data file: {exc}") from None
     if expect is not None:
         data.schema.check(expect, str(path))
