@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+import datetime
 import os
 import signal
 import sqlite3
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from seraphim.proto.rpc import TlsFiles
 
 from seraphim.scheduler.client import SchedulerClient
 from seraphim.scheduler.embedded import SchedulerProcess
@@ -69,3 +78,52 @@ def scheduler_factory(tmp_path):
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+# ------------------------------------------------------------------------------------------------ mutual TLS
+
+
+def _ca(name: str):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert, key
+
+
+def _party_cert(out: Path, ca, party: str) -> TlsFiles:
+    """A certificate naming the party (CN and DNS SAN), as each organisation would issue for its worker."""
+    ca_cert, ca_key = ca
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, party)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(party)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (out / f"{party}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out / f"{party}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    return TlsFiles(ca=str(out / "ca.pem"), cert=str(out / f"{party}.pem"), key=str(out / f"{party}.key"))
+
+
+@pytest.fixture(scope="module")
+def party_certs(tmp_path_factory) -> dict[str, TlsFiles]:
+    """Mutual-TLS files per party of a federation (label, f1, f2), plus f1 with another CA's certificate: under
+    that CA (``f1-other-ca``) and beside the federation's CA (``f1-rogue-cert``)."""
+    out = tmp_path_factory.mktemp("party-certs")
+    ca = _ca("federation CA")
+    (out / "ca.pem").write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
+    tls = {p: _party_cert(out, ca, p) for p in ("label", "f1", "f2")}
+    rogue_dir = out / "rogue"
+    rogue_dir.mkdir()
+    rogue_ca = _ca("someone else's CA")
+    (rogue_dir / "ca.pem").write_bytes(rogue_ca[0].public_bytes(serialization.Encoding.PEM))
+    tls["f1-other-ca"] = _party_cert(rogue_dir, rogue_ca, "f1")
+    # an outsider's certificate for f1 beside the federation's CA: only its own certificate is wrong
+    tls["f1-rogue-cert"] = TlsFiles(ca=str(out / "ca.pem"), cert=tls["f1-other-ca"].cert, key=tls["f1-other-ca"].key)
+    return tls

@@ -380,7 +380,7 @@ def test_state_resumes_exactly(bc_parts, keys):
     again = _parallel(list(parts), lambda p: make_trainer(hub2.channel(p), parts[p], config, keys[p][1],
                                                           {q: keys[q][0] for q in parts if q != p}, LABEL), hub2)
     for p, t in again.items():
-        t.load_state_dict(saved[p])
+        t.load_state(saved[p])
     _train(again, batches[2:4], hub2)
     resumed = _weights(again, keys)
     for p in parts:

@@ -3,7 +3,6 @@ replayed/reordered/tampered/truncated envelopes, missing, late and killed partie
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
@@ -19,10 +18,6 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from seraphim.proto.errors import FatalJobError
 from seraphim.algorithms.vfl.central import CentralModel
@@ -31,7 +26,7 @@ from seraphim.algorithms.vfl.models import ModelConfig
 from seraphim.algorithms.vfl.session import (Alignment, AlignmentError, Checkpoints, PartySetup, Schedule, TrainPlan,
                                              run_party)
 from seraphim.proto import exchange_pb2, exchange_pb2_grpc, scheduler_pb2
-from seraphim.proto.rpc import TlsFiles, make_channel, token_metadata
+from seraphim.proto.rpc import make_channel, token_metadata
 from seraphim.scheduler.job_spec import JobSpecError, load_job, parse_job
 from seraphim.worker.exchange import GrpcPartyChannel, address_file, envelope_mac
 from seraphim.worker.party_channel import PartyError, PartyMessageRejected, PartyTimeout
@@ -215,55 +210,10 @@ def test_a_killed_or_late_party_stops_the_other_with_a_clear_error(tmp_path, how
 # ------------------------------------------------------------------------------------------------ mutual TLS
 
 
-def _ca(name: str):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return cert, key
-
-
-def _party_cert(out: Path, ca, party: str, file_stem: str | None = None) -> TlsFiles:
-    """A certificate naming the party (CN and DNS SAN), as each organisation would issue for its worker."""
-    ca_cert, ca_key = ca
-    now = datetime.datetime.now(datetime.timezone.utc)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, party)]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(party)]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    stem = file_stem or party
-    (out / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (out / f"{stem}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                        serialization.NoEncryption()))
-    return TlsFiles(ca=str(out / "ca.pem"), cert=str(out / f"{stem}.pem"), key=str(out / f"{stem}.key"))
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("party-certs")
-    ca = _ca("federation CA")
-    (out / "ca.pem").write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
-    tls = {p: _party_cert(out, ca, p) for p in ("label", "f1", "f2")}
-    rogue_dir = out / "rogue"
-    rogue_dir.mkdir()
-    rogue_ca = _ca("someone else's CA")
-    (rogue_dir / "ca.pem").write_bytes(rogue_ca[0].public_bytes(serialization.Encoding.PEM))
-    tls["f1-other-ca"] = _party_cert(rogue_dir, rogue_ca, "f1")
-    # an outsider's certificate for f1 beside the federation's CA: only its own certificate is wrong
-    tls["f1-rogue-cert"] = TlsFiles(ca=str(out / "ca.pem"), cert=tls["f1-other-ca"].cert, key=tls["f1-other-ca"].key)
-    return tls
-
-
-def test_mutual_tls_with_party_certificates(tmp_path, certs):
+def test_mutual_tls_with_party_certificates(tmp_path, party_certs):
     endpoints = {"label": "127.0.0.1:0", "f1": "127.0.0.1:0"}
-    label = GrpcPartyChannel("label", endpoints, "tls", TOKEN, tls=certs["label"], run_dir=tmp_path)
-    f1 = GrpcPartyChannel("f1", endpoints, "tls", TOKEN, tls=certs["f1"], run_dir=tmp_path)
+    label = GrpcPartyChannel("label", endpoints, "tls", TOKEN, tls=party_certs["label"], run_dir=tmp_path)
+    f1 = GrpcPartyChannel("f1", endpoints, "tls", TOKEN, tls=party_certs["f1"], run_dir=tmp_path)
     try:
         assert _handshake_all([label, f1]) == [None, None]
         f1.send("label", "fwd", b"over mTLS")
@@ -278,12 +228,12 @@ def test_mutual_tls_with_party_certificates(tmp_path, certs):
 
 
 @pytest.mark.parametrize("impostor", ["f2", "f1-other-ca", "f1-rogue-cert"])
-def test_a_party_with_the_wrong_certificate_is_rejected(tmp_path, certs, impostor):
+def test_a_party_with_the_wrong_certificate_is_rejected(tmp_path, party_certs, impostor):
     """f2's valid certificate used to play f1; a certificate for f1 from a CA the federation does not trust (f1
     trusting only that CA, or the federation's)."""
     endpoints = {"label": "127.0.0.1:0", "f1": "127.0.0.1:0"}
-    label = GrpcPartyChannel("label", endpoints, "tls", TOKEN, tls=certs["label"], run_dir=tmp_path)
-    f1 = GrpcPartyChannel("f1", endpoints, "tls", TOKEN, tls=certs[impostor], run_dir=tmp_path)
+    label = GrpcPartyChannel("label", endpoints, "tls", TOKEN, tls=party_certs["label"], run_dir=tmp_path)
+    f1 = GrpcPartyChannel("f1", endpoints, "tls", TOKEN, tls=party_certs[impostor], run_dir=tmp_path)
     try:
         errors = _handshake_all([label, f1], timeout_s=3)
         if impostor == "f2":
@@ -301,7 +251,7 @@ def test_a_party_with_the_wrong_certificate_is_rejected(tmp_path, certs, imposto
             assert "party 'label' at 127.0.0.1" in str(errors[1]) and "fails verification" in str(errors[1])
         else:  # the label party's server closed the TLS handshake on f1's certificate; f1 is told what to check
             assert isinstance(errors[1], PartyTimeout), errors
-            assert f"check that 'label''s tls_ca issued our tls_cert {certs[impostor].cert}" in str(errors[1])
+            assert f"check that 'label''s tls_ca issued our tls_cert {party_certs[impostor].cert}" in str(errors[1])
     finally:
         label.close()
         f1.close()

@@ -9,21 +9,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
 
 from test_scheduler import done, failed_without_restart, wait_for
-from test_vfl_session import _ca, _party_cert, _vfl_job
+from test_vfl_session import _vfl_job
 
 
 @pytest.fixture(scope="module")
-def party_tls(tmp_path_factory):
+def party_tls(party_certs):
     """Spec entries (tls_cert, tls_key, tls_ca) for the federation's parties, and f1 with an outsider's certificate."""
-    out = tmp_path_factory.mktemp("job-certs")
-    ca = _ca("federation CA")
-    (out / "ca.pem").write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
-    files = {p: _party_cert(out, ca, p) for p in ("label", "f1")}
-    files["f1-rogue-cert"] = _party_cert(out, _ca("someone else's CA"), "f1", file_stem="f1-rogue")
-    return {k: {"tls_cert": f.cert, "tls_key": f.key, "tls_ca": f.ca} for k, f in files.items()}
+    return {k: {"tls_cert": party_certs[k].cert, "tls_key": party_certs[k].key, "tls_ca": party_certs[k].ca}
+            for k in ("label", "f1", "f1-rogue-cert")}
 
 
 @pytest.mark.parametrize("feature_tls", ["f1", "f1-rogue-cert"])

@@ -126,8 +126,13 @@ class Scales:
         return self.z + self.value_bits
 
     @property
+    def mask_bits(self) -> int:
+        """Bits of a mask that hides a share (``he.random_mask``'s width for ``share_bits``)."""
+        return self.share_bits + he.STAT_SECURITY_BITS
+
+    @property
     def slot_bits(self) -> int:
-        return self.share_bits + he.STAT_SECURITY_BITS + 2
+        return self.mask_bits + 2
 
 
 # ----------------------------------------------------------------------------------------------------- keys
@@ -599,23 +604,22 @@ class SourceLayer(ABC):
         except ValueError as exc:
             raise PartyMessageRejected(f"{self._tag}share from {peer!r} does not decrypt to packed shares ({exc}): "
                                        "tampered, or made under another protocol setting") from None
-        hi, lo = 1 << self.scales.share_bits, -(1 << (self.scales.share_bits + he.STAT_SECURITY_BITS + 1))
+        hi, lo = 1 << self.scales.share_bits, -(1 << (self.scales.mask_bits + 1))
         if share.size and ((share >= hi) | (share <= lo)).any():
             raise PartyMessageRejected(f"{self._tag}share from {peer!r} holds a value outside the masked range "
-                                       f"(-2^{self.scales.share_bits + he.STAT_SECURITY_BITS + 1}, "
+                                       f"(-2^{self.scales.mask_bits + 1}, "
                                        f"2^{self.scales.share_bits}): tampered, or a hidden value exceeded "
                                        f"2^{self.precision.value_bits} (raise Precision.value_bits)")
         return share
 
     def _t_bits(self) -> int:
-        return self.scales.share_bits + he.STAT_SECURITY_BITS + _T_SLACK_BITS
+        return self.scales.mask_bits + _T_SLACK_BITS
 
     def _zero_sum(self, rows: int) -> np.ndarray:
         label = f"{self.name}/{self.counter}"
         total = np.zeros((rows, self.h), dtype=object)
-        bits = self.scales.share_bits + he.STAT_SECURITY_BITS
         for p, seed in self.seeds.items():
-            r = _prg_ints(seed, label, (rows, self.h), bits)
+            r = _prg_ints(seed, label, (rows, self.h), self.scales.mask_bits)
             total = total + r if p > self.me else total - r
         return total
 

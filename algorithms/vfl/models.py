@@ -13,8 +13,7 @@ Public API (what ``session.run_party``'s trainer factory builds; every party mak
                                        rows of the batch, in the common sample order)
     trainer.evaluate(rows)          -> {"auc", "accuracy", "loss"} at the label party, {} elsewhere
     trainer.predict(rows)           -> probabilities (label party only)
-    trainer.state() / trainer.load_state(state)   (aliases state_dict / load_state_dict): bytes and numeric
-                                       arrays only, for ``session.Checkpoints``
+    trainer.state() / trainer.load_state(state)   bytes and numeric arrays only, for ``session.Checkpoints``
     trainer.close()                 -> stops randomness/process pools
 
 Models (the label party owns the plan; ``wide`` input = dense ‖ sparse ‖ one-hot categorical, ``numeric`` = dense
@@ -248,11 +247,6 @@ class _PartyTrainer:
         for layer in self.layers:
             prefix = f"layer.{layer.name}."
             layer.load_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-
-    state_dict = state
-
-    def load_state_dict(self, state: Mapping[str, np.ndarray | bytes]) -> None:
-        self.load_state(state)
 
     def close(self) -> None:
         self.keys.close()
