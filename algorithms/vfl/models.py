@@ -40,6 +40,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from seraphim.algorithms.ctr.data import roc_auc
 from seraphim.algorithms.vfl import paillier as he
 from seraphim.algorithms.vfl.blindfl import (EmbedSourceLayer, MatMulSourceLayer, MemoryShareStore, PartyKeys,
                                              Precision, SourceLayer, StoreFactory)
@@ -194,11 +195,9 @@ def layer_inputs(data: PartyData) -> dict[str, np.ndarray | sp.csr_matrix]:
 
 
 def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """AUC, accuracy at 0.5 and mean log-loss."""
-    from sklearn.metrics import roc_auc_score
-
+    """AUC (NaN when one class is absent), accuracy at 0.5 and mean log-loss."""
     p = np.clip(probs, 1e-12, 1 - 1e-12)
-    auc = float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else float("nan")
+    auc = roc_auc(labels, probs) if len(np.unique(labels)) == 2 else float("nan")
     return {"auc": auc, "accuracy": float(((probs >= 0.5) == (labels == 1)).mean()),
             "loss": float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())}
 
