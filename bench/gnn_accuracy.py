@@ -35,6 +35,7 @@ import torch
 from seraphim.algorithms.gnn import models
 from seraphim.algorithms.gnn.csr import CSRGraph
 from seraphim.algorithms.gnn.graph_gen import DCSBMSpec, generate
+from seraphim.algorithms.gnn.graph_io import csr_from_edges
 from seraphim.algorithms.gnn.operators import LaplacianOp
 from seraphim.algorithms.gnn.train import (
     InMemoryHops, RLUConfig, Split, StageResult, TrainConfig, fit, graph_label_propagator,
@@ -55,11 +56,7 @@ def mislink(graph: CSRGraph, fraction: float, seed: int) -> CSRGraph:
     s, t = rows[upper], graph.indices[upper]
     t = np.where(bad[s], rng.integers(0, n, len(t)), t)
     s = np.where(~bad[s] & bad[t], rng.integers(0, n, len(s)), s)
-    keep = s != t
-    keys = np.unique(np.concatenate([s[keep] * n + t[keep], t[keep] * n + s[keep]]))
-    indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(keys // n, minlength=n), out=indptr[1:])
-    return CSRGraph(indptr, keys % n)
+    return csr_from_edges(s, t, n)
 
 
 def make_task(args: argparse.Namespace, seed: int) -> tuple[CSRGraph, np.ndarray, np.ndarray, Split]:

@@ -25,8 +25,9 @@ import numpy as np
 from common import print_figures
 
 
-def rmat_csr(scale: int, edge_factor: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Undirected R-MAT graph of 2^scale nodes as int64 (indptr, indices), no self-loops, no repeated edges."""
+def rmat_edges(scale: int, edge_factor: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Graph500 R-MAT edges (src, dst) over 2^scale nodes as int64, vertex labels permuted; self-loops and repeats
+    are left for ``csr_from_edges`` to drop."""
     n, m = 1 << scale, edge_factor << scale
     rng = np.random.default_rng(seed)
     src, dst = np.zeros(m, np.int64), np.zeros(m, np.int64)
@@ -35,16 +36,7 @@ def rmat_csr(scale: int, edge_factor: int, seed: int) -> tuple[np.ndarray, np.nd
         src |= (u >= 0.76).astype(np.int64) << level                       # quadrants c, d (a + b = .76)
         dst |= (((u >= 0.57) & (u < 0.76)) | (u >= 0.95)).astype(np.int64) << level  # quadrants b, d
     perm = rng.permutation(n).astype(np.int64)
-    src, dst = perm[src], perm[dst]
-    keep = src != dst
-    src, dst = src[keep], dst[keep]
-    keys = np.concatenate([dst * n + src, src * n + dst])
-    keys.sort()                                   # (np.unique is many times slower than sort + mask here)
-    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
-    rows, cols = keys // n, keys % n
-    indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    return indptr, cols
+    return perm[src], perm[dst]
 
 
 def with_self_loops(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,8 +78,8 @@ def main() -> None:
     import numba
     import scipy.sparse as sp
     import torch
-    from seraphim.algorithms.gnn.csr import CSRGraph
     from seraphim.algorithms.gnn.dgl_compat import import_dgl
+    from seraphim.algorithms.gnn.graph_io import csr_from_edges
     from seraphim.algorithms.gnn.propagation import normalization, propagate
 
     dgl = import_dgl()
@@ -97,8 +89,8 @@ def main() -> None:
     dgl.utils.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    indptr, indices = rmat_csr(args.scale, args.edge_factor, args.seed)
-    graph = CSRGraph(indptr, indices)
+    graph = csr_from_edges(*rmat_edges(args.scale, args.edge_factor, args.seed), 1 << args.scale)
+    indptr, indices = graph.indptr, graph.indices
     n = graph.num_nodes
     nnz = graph.num_edges + n
     x = np.random.default_rng(args.seed + 1).standard_normal((n, args.dim), dtype=np.float32)

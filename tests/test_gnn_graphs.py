@@ -13,10 +13,13 @@ import scipy.sparse as sp
 
 from seraphim.algorithms.gnn.csr import GraphError
 from seraphim.algorithms.gnn.graph_gen import DCSBMSpec, RMATSpec, generate
-from seraphim.algorithms.gnn.graph_io import build_csr, convert_ogb, load_graph, write_node_data
+from seraphim.algorithms.gnn.graph_io import (build_csr, convert_ogb, csr_from_edges, load_graph,
+                                              write_node_data)
+from seraphim.algorithms.gnn.graph_source import GraphSourceSpec, worker_ranges
 from seraphim.algorithms.gnn.partition import (edge_cut, from_assignment, load_bounds, metis_partition,
                                                random_partition, range_partition, relabel_graph)
 from seraphim.algorithms.gnn.propagation import propagate
+from test_gnn_propagation import dense_from_csr, dense_norm
 
 
 def _rows(graph) -> np.ndarray:
@@ -135,19 +138,27 @@ def test_chunked_csr_writer_equals_a_one_shot_reference(tmp_path, symmetrize):
         build_csr([(src[:3], dst[:3]), (np.array([1, 2, 3]), np.array([4, 5, 310]))], 310, tmp_path / "bad")
 
 
+def test_in_memory_csr_equals_the_chunked_writers(tmp_path):
+    rng = np.random.default_rng(1)
+    src, dst = rng.integers(0, 300, 5000), rng.integers(0, 300, 5000)  # repeats and self-loops included
+    written, held = build_csr([(src, dst)], 310, tmp_path), csr_from_edges(src, dst, 310)
+    assert np.array_equal(held.indptr, written.indptr) and np.array_equal(held.indices, written.indices)
+    loops_only = csr_from_edges(np.array([2, 2]), np.array([2, 2]), 3)
+    assert np.array_equal(loops_only.indptr, [0, 0, 0, 0]) and loops_only.num_edges == 0
+    with pytest.raises(GraphError, match=r"edge destination: id 310 at position 2 is out of range"):
+        csr_from_edges(np.array([1, 2, 3]), np.array([4, 5, 310]), 310)
+
+
 def test_self_loops_are_dropped_and_isolated_nodes_keep_their_features(tmp_path):
     data = convert_ogb(_ogb_dir(tmp_path, "npy"), tmp_path / "out")
     assert list(data.graph.indices[data.graph.indptr[3]:data.graph.indptr[4]]) == [4]  # 3-3 dropped, 3-4 kept
     assert data.graph.indptr[6] == data.graph.indptr[5]  # node 5 isolated, kept
     x = np.asarray(data.features)
+    adj = dense_from_csr(data.graph)
     for r in (0.0, 0.5, 1.0):
         out = propagate(data.graph, x, r=r)
         np.testing.assert_allclose(out[5], x[5], rtol=1e-6)  # Â row 5 is the +I alone
-        a = np.zeros((6, 6))
-        a[_rows(data.graph), data.graph.indices] = 1
-        a += np.eye(6)  # the one self-loop every node gets, node 3 included
-        deg = a.sum(axis=1)
-        ref = (deg ** (r - 1))[:, None] * (a @ ((deg ** -r)[:, None] * x))
+        ref = dense_norm(adj, r) @ x  # Ã = A + I: the one self-loop every node gets, node 3 included
         np.testing.assert_allclose(out, ref, rtol=1e-5)
 
 
@@ -192,6 +203,7 @@ def test_ogb_style_arrays_convert_to_the_csr_directory(tmp_path, style):
     assert data.graph.num_nodes == 6 and data.num_classes == 3
     assert np.array_equal(data.graph.indptr, [0, 3, 5, 7, 8, 10, 10])
     assert list(data.graph.indices[:3]) == [1, 2, 4]
+    assert list(data.graph.indices[data.graph.indptr[3]:data.graph.indptr[4]]) == [4]  # 3-3 dropped in every format
     np.testing.assert_array_equal(data.features, FEATS)
     assert list(data.labels) == list(LABELS) and list(data.valid_idx) == [2, 3]
     _int64_everywhere(data)
@@ -217,50 +229,58 @@ def test_a_csv_header_is_skipped_but_a_leading_nan_label_is_data(tmp_path):
     assert list(data.labels) == [-1, 1, 0, 1, 2, 0]
 
 
-def _write(path, text):
-    path.write_text(text)
+def _refused_without_a_graph(base, out, message: str) -> None:
+    with pytest.raises(GraphError, match=message):
+        convert_ogb(base, out)
+    assert not (out / "meta.json").exists()  # nothing half-written looks complete
+
+
+@pytest.mark.parametrize("relpath, text, message", [
+    ("edge_index.csv", "src,dst\n0,1\n1,x\n",
+     r"edge_index.csv:3: not an integer: 'x'"),
+    ("edge_index.csv", "0,1\n\n1,2.5\n",
+     r"edge_index.csv:3: not an integer: '2.5'"),
+    ("edge_index.csv", "0,1\n1\n",
+     r"edge_index.csv:2: expected 2 integer column\(s\), got 1: '1'"),
+    ("edge_index.csv", "0,1\n1,2,3\n",
+     r"edge_index.csv:2: expected 2 integer column\(s\), got 3: '1,2,3'"),
+    ("edge_index.csv", "0,1\n\n1,9\n",
+     r"edge_index.csv:3: edge destination id 9 is out of range: node ids must lie in \[0, 5\] "
+     r"\(6 nodes have features\)"),
+    ("node_label.csv", "0\n1\n0\n",
+     r"node_feat has 6 rows but node_label has 3 entries"),
+    ("node_label.csv", "0\n1\n0.5\n1\n0\n1\n",
+     r"node 2 has label 0.5, not an integer class id"),
+    ("node_feat.csv", "0,1\n2,3\n4,nan\n6,7\n8,9\n10,11\n",
+     r"node_feat.csv: line 3 holds a NaN or infinite feature"),
+    ("node_feat.csv", "0,1\n2,3\n4,five\n6,7\n8,9\n10,11\n",
+     r"node_feat.csv:3: not a number: 'five'"),
+    ("split/test.csv", "3\n4\n",
+     r"the split is not disjoint: 1 node id\(s\) appear more than once across train/valid/test, e.g. node 3 is in "
+     r"both valid and test"),
+    ("split/test.csv", "4\n6\n",
+     r"split test holds node id 6, outside \[0, 5\]"),
+    ("split/test.csv", "4\n5\n",
+     r"split test holds node 5 whose label -1 is not in \[0, 2\]"),
+])
+def test_bad_csv_text_gets_a_precise_error_and_no_graph(tmp_path, relpath, text, message):
+    base = _ogb_dir(tmp_path, "csv")
+    (base / relpath).write_text(text)
+    _refused_without_a_graph(base, tmp_path / "out", message)
 
 
 @pytest.mark.parametrize("breakage, message", [
-    (lambda b: _write(b / "edge_index.csv", "src,dst\n0,1\n1,x\n"),
-     r"edge_index.csv:3: not an integer: 'x'"),
-    (lambda b: _write(b / "edge_index.csv", "0,1\n\n1,2.5\n"),
-     r"edge_index.csv:3: not an integer: '2.5'"),
-    (lambda b: _write(b / "edge_index.csv", "0,1\n1\n"),
-     r"edge_index.csv:2: expected 2 integer column\(s\), got 1: '1'"),
-    (lambda b: _write(b / "edge_index.csv", "0,1\n1,2,3\n"),
-     r"edge_index.csv:2: expected 2 integer column\(s\), got 3: '1,2,3'"),
-    (lambda b: _write(b / "edge_index.csv", "0,1\n\n1,9\n"),
-     r"edge_index.csv:3: edge destination id 9 is out of range: node ids must lie in \[0, 5\] "
-     r"\(6 nodes have features\)"),
     (lambda b: (b / "edge_index.csv").unlink() or np.save(b / "edge_index.npy", np.array([[0, 1, -2], [1, 2, 0]])),
      r"edge_index.npy: edge 2: edge source id -2 is out of range: node ids must lie in \[0, 5\]"),
     (lambda b: (b / "edge_index.csv").unlink() or np.save(b / "edge_index.npy", np.zeros((3, 3), np.int64)),
      r"edge_index.npy: expected an integer array of shape \[2, m\], got int64 \(3, 3\)"),
-    (lambda b: _write(b / "node_label.csv", "0\n1\n0\n"),
-     r"node_feat has 6 rows but node_label has 3 entries"),
-    (lambda b: _write(b / "node_label.csv", "0\n1\n0.5\n1\n0\n1\n"),
-     r"node 2 has label 0.5, not an integer class id"),
-    (lambda b: _write(b / "node_feat.csv", "0,1\n2,3\n4,nan\n6,7\n8,9\n10,11\n"),
-     r"node_feat.csv: line 3 holds a NaN or infinite feature"),
-    (lambda b: _write(b / "node_feat.csv", "0,1\n2,3\n4,five\n6,7\n8,9\n10,11\n"),
-     r"node_feat.csv:3: not a number: 'five'"),
-    (lambda b: _write(b / "split" / "test.csv", "3\n4\n"),
-     r"the split is not disjoint: 1 node id\(s\) appear more than once across train/valid/test, e.g. node 3 is in "
-     r"both valid and test"),
-    (lambda b: _write(b / "split" / "test.csv", "4\n6\n"),
-     r"split test holds node id 6, outside \[0, 5\]"),
-    (lambda b: _write(b / "split" / "test.csv", "4\n5\n"),
-     r"split test holds node 5 whose label -1 is not in \[0, 2\]"),
     (lambda b: (b / "node_feat.csv").unlink(),
      r"found none of node_feat.npy, node_feat.csv"),
 ])
-def test_bad_input_gets_a_precise_error_and_no_graph(tmp_path, breakage, message):
+def test_a_bad_array_or_a_missing_file_gets_a_precise_error_and_no_graph(tmp_path, breakage, message):
     base = _ogb_dir(tmp_path, "csv")
     breakage(base)
-    with pytest.raises(GraphError, match=message):
-        convert_ogb(base, tmp_path / "out")
-    assert not (tmp_path / "out" / "meta.json").exists()  # nothing half-written looks complete
+    _refused_without_a_graph(base, tmp_path / "out", message)
 
 
 def test_a_damaged_graph_directory_is_refused(tmp_path):
@@ -305,6 +325,15 @@ def test_partitions_cover_every_node_once_and_metis_cuts_fewer_edges(tmp_path):
         list(moved.graph.indices[moved.graph.indptr[metis.old_to_new[v]]:moved.graph.indptr[metis.old_to_new[v] + 1]])
     with pytest.raises(GraphError, match=r"num_parts must lie in \[1, 6000\]"):
         range_partition(g, 0)
+
+
+def test_worker_node_ranges_cover_every_node_once_and_balance_edges(tmp_path):
+    data = generate(DCSBMSpec(nodes=5000, avg_degree=10, feature_dim=4), tmp_path / "g")
+    ranges = worker_ranges(GraphSourceSpec(path=str(tmp_path / "g")), tmp_path, data, 3)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 5000
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    edges = [int(data.graph.indptr[hi] - data.graph.indptr[lo]) for lo, hi in ranges]
+    assert max(edges) < 1.2 * min(edges)
 
 
 def test_import_dgl_skips_only_graphbolt_and_runs_message_passing():

@@ -7,9 +7,12 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from seraphim.algorithms.gnn.graph_gen import DCSBMSpec, generate
+from seraphim.algorithms.gnn.graph_source import GraphSourceSpec
+from seraphim.algorithms.gnn.job import GNNSpec
 from seraphim.proto import scheduler_pb2
 from test_scheduler import done, failed_without_restart, wait_for
 
@@ -88,3 +91,13 @@ def test_a_gamlp_job_on_a_malformed_graph_fails_at_once_without_restarts(tmp_pat
         status = failed_without_restart(client, status.job_id)
     assert re.search(r"worker-[01] failed with an input error that a restart would repeat \(not restarted\): "
                      r"GraphError: split test holds node id 300, outside \[0, 299\]", status.reason), status.reason
+
+
+def test_a_job_spec_with_zero_hops_two_sources_or_rlu_without_label_hops_is_refused():
+    graph = {"generate": {"kind": "dcsbm", "nodes": 100}}
+    with pytest.raises(ValueError, match="hops must be >= 1"):
+        GNNSpec.model_validate({"graph": graph, "propagation": {"hops": 0}})
+    with pytest.raises(ValueError, match="exactly one of graph.path, graph.ogb, graph.generate"):
+        GraphSourceSpec.model_validate({"path": "/x", **graph})
+    with pytest.raises(ValueError, match="set propagation.label_hops"):
+        GNNSpec.model_validate({"graph": graph, "rlu": {"stages": 2}})

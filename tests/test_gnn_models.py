@@ -11,6 +11,7 @@ import torch
 from seraphim.algorithms.gnn import models
 from seraphim.algorithms.gnn.csr import CSRGraph, GraphError
 from seraphim.algorithms.gnn.graph_gen import DCSBMSpec, generate
+from seraphim.algorithms.gnn.graph_io import csr_from_edges
 from seraphim.algorithms.gnn.operators import (
     ConcatMessage, CorrectAndSmooth, GateMessage, HeatOp, JKAttention, LabelPropagationPost, LaplacianOp,
     LastMessage, LearnableWeightedMessage, MaxMessage, MeanMessage, PPROp, ProjectedMessage, RecursiveAttention,
@@ -20,27 +21,9 @@ from seraphim.algorithms.gnn.train import (
     FoldedLabels, InMemoryHops, RLUConfig, Split, TrainConfig, fit, folded_label_input, graph_label_propagator,
     predict,
 )
+from test_gnn_propagation import dense_from_csr, dense_norm
 
 SMALL = dict(n=2400, classes=4, dim=16)
-
-
-def csr_from_edges(n: int, src: np.ndarray, dst: np.ndarray) -> CSRGraph:
-    """Undirected CSR (both directions, no self-loops, no repeats) from an edge list."""
-    keep = src != dst
-    keys = np.unique(np.concatenate([src[keep] * n + dst[keep], dst[keep] * n + src[keep]]))
-    indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(keys // n, minlength=n), out=indptr[1:])
-    return CSRGraph(indptr, (keys % n).astype(np.int64))
-
-
-def dense_prop(graph: CSRGraph, r: float) -> np.ndarray:
-    """D̃^(r-1)(A+I)D̃^(-r) as a dense float64 matrix."""
-    n = graph.num_nodes
-    a = np.zeros((n, n))
-    a[np.repeat(np.arange(n), graph.degrees()), graph.indices] = 1.0
-    np.fill_diagonal(a, 1.0)
-    deg = a.sum(1)
-    return (deg ** (r - 1))[:, None] * a * (deg ** -r)[None, :]
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +40,13 @@ def small_task(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_graph() -> CSRGraph:
     rng = np.random.default_rng(0)
-    return csr_from_edges(12, rng.integers(0, 12, 30), rng.integers(0, 12, 30))
+    return csr_from_edges(rng.integers(0, 12, 30), rng.integers(0, 12, 30), 12)
 
 
 # ------------------------------------------------------------------------------------------------ graph operators
 def test_graph_operators_match_dense_references(tiny_graph):
     x = np.random.default_rng(1).standard_normal((12, 3)).astype(np.float32)
-    p = dense_prop(tiny_graph, 0.5)
+    p = dense_norm(dense_from_csr(tiny_graph), 0.5)
     lap = LaplacianOp(hops=3)(tiny_graph, x)
     assert len(lap) == LaplacianOp(3).levels == 4
     np.testing.assert_allclose(lap[3], np.linalg.matrix_power(p, 3) @ x, rtol=1e-4, atol=1e-5)
@@ -72,7 +55,7 @@ def test_graph_operators_match_dense_references(tiny_graph):
         z = 0.8 * p @ z + 0.2 * x
     np.testing.assert_allclose(PPROp(hops=4, alpha=0.2)(tiny_graph, x)[4], z, rtol=1e-4, atol=1e-5)
     heat = HeatOp(hops=2, t=2.0, terms=20)(tiny_graph, x)
-    evals, evecs = np.linalg.eigh(dense_prop(tiny_graph, 0.5))           # symmetric for r = 0.5
+    evals, evecs = np.linalg.eigh(p)  # symmetric for r = 0.5
     for level, t in [(0, 0.0), (1, 1.0), (2, 2.0)]:
         kernel = evecs @ np.diag(np.exp(-t * (1 - evals))) @ evecs.T
         np.testing.assert_allclose(heat[level], kernel @ x, rtol=1e-4, atol=1e-5)
@@ -244,7 +227,7 @@ def test_folded_label_input_keeps_each_seed_out_of_its_own_input(tiny_graph):
     rows = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
     source = folded_label_input(propagate, ids, rows, 12, 3, np.random.default_rng(0))
     assert isinstance(source, FoldedLabels)
-    p2 = np.linalg.matrix_power(dense_prop(tiny_graph, 0.5), 2)
+    p2 = np.linalg.matrix_power(dense_norm(dense_from_csr(tiny_graph), 0.5), 2)
     out = source.fetch(np.arange(12, dtype=np.int64))[0]
     for node, row in zip(ids, rows):
         others = source.fold_of[ids] != source.fold_of[node]
@@ -308,7 +291,7 @@ def test_label_propagation_post_resets_training_rows_then_propagates(tiny_graph)
     train = np.array([0, 4, 8], np.int64)
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     probs[train] = np.eye(3)[labels[train]]
-    p = dense_prop(tiny_graph, 0.5)
+    p = dense_norm(dense_from_csr(tiny_graph), 0.5)
     out = LabelPropagationPost(LaplacianOp(2))(tiny_graph, logits, labels, train)
     np.testing.assert_allclose(out, p @ p @ probs, rtol=1e-4, atol=1e-5)
     mean = LabelPropagationPost(LaplacianOp(2), MeanMessage())(tiny_graph, logits, labels, train)

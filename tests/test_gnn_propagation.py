@@ -22,6 +22,13 @@ def csr_from_dense(adj: np.ndarray) -> CSRGraph:
     return CSRGraph(indptr, np.repeat(cols, counts[rows, cols]).astype(np.int64))
 
 
+def dense_from_csr(graph: CSRGraph) -> np.ndarray:
+    """The inverse of ``csr_from_dense``: adj[i, j] = how often row i lists j."""
+    adj = np.zeros((graph.num_nodes, graph.num_nodes), np.int64)
+    np.add.at(adj, (np.repeat(np.arange(graph.num_nodes), graph.degrees()), np.asarray(graph.indices)), 1)
+    return adj
+
+
 def dense_norm(adj: np.ndarray, r: float) -> np.ndarray:
     """D̃^(r-1) Ã D̃^(-r) with Ã = A and its diagonal set to 1 (a self-loop in A counts once), D̃ = row sums of Ã."""
     tilde = adj.astype(np.float64).copy()

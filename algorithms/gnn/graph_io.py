@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from seraphim.algorithms.gnn.csr import CSRGraph, GraphError
+from seraphim.proto.atomic_file import atomic_write
 
 FORMAT = 1
 SPLITS = ("train", "valid", "test")
@@ -159,6 +160,26 @@ def build_csr(edge_chunks: Iterable[tuple[np.ndarray, np.ndarray]], num_nodes: i
     return CSRGraph(new_indptr, np.load(out_dir / "indices.npy", mmap_mode="r"))
 
 
+def csr_from_edges(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> CSRGraph:
+    """The undirected graph ``build_csr`` would write (both directions, self-loops dropped, repeats merged, rows
+    sorted), held in RAM: for graphs that fit there and need no directory (tests, benchmarks, edge rewiring)."""
+    src, dst = np.asarray(src, np.int64).reshape(-1), np.asarray(dst, np.int64).reshape(-1)
+    if len(src) != len(dst):
+        raise GraphError(f"edge list has {len(src)} sources but {len(dst)} destinations")
+    _check_ids(src, num_nodes, "edge source")
+    _check_ids(dst, num_nodes, "edge destination")
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    keys = np.concatenate([dst * num_nodes + src, src * num_nodes + dst])  # row * n + column, both directions
+    keys.sort()  # sort + mask of repeats: many times faster than np.unique on large edge lists
+    first = np.ones(len(keys), bool)
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    keys = keys[first]
+    indptr = np.zeros(num_nodes + 1, np.int64)
+    np.cumsum(np.bincount(keys // num_nodes, minlength=num_nodes), out=indptr[1:])
+    return CSRGraph(indptr, keys % num_nodes)
+
+
 # ------------------------------------------------------------------------------------------ the CSR directory
 def begin_graph_dir(out_dir: str | Path) -> Path:
     """Make ``out_dir`` ready for a (re)write: ``meta.json`` goes first, so an interrupted rewrite never looks like
@@ -191,9 +212,7 @@ def write_node_data(out_dir: str | Path, labels: np.ndarray, num_classes: int, s
             "dtypes": {"indptr": "int64", "indices": "int64", "features": "float32", "labels": "int64",
                        "split": "int64"},
             **(extra_meta or {})}
-    tmp = out_dir / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(out_dir / "meta.json")
+    atomic_write(out_dir / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
     return data
 
 
