@@ -24,6 +24,7 @@ ALGORITHM_MODULES: dict[str, str] = {
     "gnn.gamlp": "seraphim.algorithms.gnn.job",
     "gnn.pasca": "seraphim.algorithms.gnn.search",
     "vfl.blindfl": "seraphim.algorithms.vfl.job",
+    "lm.transformer": "seraphim.algorithms.transformer.job",
 }
 
 _REGISTRY: dict[str, type["Job"]] = {}
@@ -63,6 +64,11 @@ class Job(ABC):
     @abstractmethod
     def total_steps(self) -> int:
         """Steps each worker runs, for progress reporting."""
+
+    def check_cluster(self, cluster: Any, storage: Any) -> list[str]:
+        """Problems of this algorithm's section that only the cluster and storage sections show (a page budget
+        against the PS's storage page, a model against the disk), as 'field: problem' lines; none by default."""
+        return []
 
     @abstractmethod
     def run(self, ctx: JobContext) -> dict[str, Any]:

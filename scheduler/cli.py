@@ -104,8 +104,12 @@ def report_end(status: scheduler_pb2.JobStatus) -> int:
     if results:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     for name, res in results.items():
+        texts = {k: v for k, v in res.items() if isinstance(v, list) and v and all(isinstance(t, str) for t in v)}
         print(f"{name}: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                      for k, v in res.items()), file=sys.stderr)
+                                      for k, v in res.items() if k not in texts), file=sys.stderr)
+        for key, items in texts.items():  # generated text: one block per item, indented under the worker
+            for item in items:
+                print(f"  {key}: " + item.replace("\n", "\n    "), file=sys.stderr)
     if status.state != scheduler_pb2.SUCCEEDED:
         raise CLIError(f"job {status.job_id} {STATE(status.state)}: {status.reason or 'no reason given'} "
                        f"(logs in {run_dir / 'logs'})")
@@ -122,6 +126,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
         status = client.submit(Path(args.job).read_text(), args.launcher or "", str(root))
     print(status.job_id)
     print(f"seraphim: submitted {status.job_id} ({status.launcher}); run directory {status.run_dir}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a finished LM run's model as a Hugging Face Llama directory."""
+    from seraphim.algorithms.transformer.export import ExportError, export_run
+
+    try:
+        out = export_run(Path(args.run_dir), Path(args.out))
+    except ExportError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"seraphim: exported {args.run_dir} to {out} (transformers: LlamaForCausalLM.from_pretrained)",
           file=sys.stderr)
     return 0
 
@@ -202,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job_id")
     _connection_flags(cancel)
+    export = sub.add_parser("export", help="write a finished LM run's model for Hugging Face transformers")
+    export.add_argument("run_dir", help="the run directory, e.g. runs/lm")
+    export.add_argument("--out", required=True, help="directory to write (config, safetensors, tokenizer)")
     return parser
 
 
@@ -221,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return _role_main(argv[0], argv[2:])
     args = build_parser().parse_args(argv)
     commands = {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "jobs": cmd_status,
-                "logs": cmd_logs, "cancel": cmd_cancel}
+                "logs": cmd_logs, "cancel": cmd_cancel, "export": cmd_export}
     if args.command == "jobs":
         args.job_id = None
     try:
