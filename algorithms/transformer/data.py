@@ -2,8 +2,9 @@
 files users have (plain text, or JSONL with a text field), a byte-level BPE tokenizer trained on them with the
 ``tokenizers`` library, and token arrays on disk that every worker memory-maps.
 
-A document goes to the held-out split by a hash of its name, so the split is fixed whatever the order, the size
-cap or the number of workers. Batches are windows at positions drawn from the step number alone, and worker r of
+Documents are cut into pieces of ``PIECE_CHARS`` characters, and a piece goes to the held-out split by a hash of
+its document's name and its index, so the split is fixed whatever the order, the size cap or the number of
+workers, and even a handful of long documents gives both splits text. Batches are windows at positions drawn from the step number alone, and worker r of
 W takes rows r, r + W, ... of the step's global batch: the data a step sees does not depend on how many workers
 share it, so a restarted worker redoes exactly the batch it lost.
 """
@@ -26,6 +27,7 @@ from seraphim.proto.atomic_file import atomic_write
 from seraphim.proto.errors import FatalJobError
 
 END_OF_TEXT = "<|endoftext|>"
+PIECE_CHARS = 4000
 TOKENIZER_FILE = "tokenizer.json"
 CORPUS_META = "corpus.json"
 
@@ -43,7 +45,8 @@ class TextSourceSpec(BaseModel):
                                                                "(every .txt, .md, .rst, .py and .jsonl below)")
     jsonl_field: str = Field("text", description="the field of each JSONL line that holds the text")
     max_bytes: int = Field(4_000_000, ge=10_000, description="stop reading documents past this many characters")
-    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of documents held out, by name hash")
+    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of the text held out (pieces chosen by a "
+                                                                "hash of their document and position)")
     vocab_size: int = Field(4096, ge=300, le=65535, description="BPE vocabulary, the end-of-text token included")
 
 
@@ -101,8 +104,16 @@ def documents(spec: TextSourceSpec) -> Iterator[tuple[str, str]]:
         total += len(text)
 
 
-def is_held_out(name: str, val_fraction: float) -> bool:
-    return zlib.crc32(name.encode()) % 10_000 < val_fraction * 10_000
+def split_pieces(name: str, text: str, val_fraction: float) -> tuple[list[str], list[str]]:
+    """A document's pieces for training and for the held-out split; its last piece ends with the end-of-text
+    token, which the tokenizer sees as one token."""
+    pieces = [text[i:i + PIECE_CHARS] for i in range(0, len(text), PIECE_CHARS)] or [""]
+    pieces[-1] += END_OF_TEXT
+    train, held_out = [], []
+    for i, piece in enumerate(pieces):
+        held = zlib.crc32(f"{name}#{i}".encode()) % 10_000 < val_fraction * 10_000
+        (held_out if held else train).append(piece)
+    return train, held_out
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
@@ -120,24 +131,27 @@ def prepare_corpus(spec: TextSourceSpec, out: Path) -> dict:
     """Read the documents, train the tokenizer on the training split, write train.bin / val.bin (uint16 tokens,
     documents separated by the end-of-text token), the tokenizer and corpus.json (written last: its presence
     means the rest is complete)."""
-    train_docs, val_docs = [], []
+    train_pieces, val_pieces, n_docs = [], [], 0
     for name, text in documents(spec):
-        (val_docs if is_held_out(name, spec.val_fraction) else train_docs).append(text)
-    if not train_docs or not val_docs:
-        raise TextDataError(f"the text source gave {len(train_docs)} training and {len(val_docs)} held-out "
-                            f"documents; both splits need at least one (more text, or another val_fraction)")
-    tokenizer = train_tokenizer(train_docs, spec.vocab_size)
+        train, held_out = split_pieces(name, text, spec.val_fraction)
+        train_pieces += train
+        val_pieces += held_out
+        n_docs += 1
+    if not train_pieces or not val_pieces:
+        raise TextDataError(f"the text source gave {len(train_pieces)} training and {len(val_pieces)} held-out pieces "
+                            f"of {PIECE_CHARS} characters; both splits need at least one (more text, or a larger "
+                            f"val_fraction)")
+    tokenizer = train_tokenizer(train_pieces, spec.vocab_size)
     out.mkdir(parents=True, exist_ok=True)
     eot = tokenizer.token_to_id(END_OF_TEXT)
     sizes = {}
-    for split, docs in (("train", train_docs), ("val", val_docs)):
-        ids = [np.asarray(e.ids + [eot], dtype=np.uint16) for e in tokenizer.encode_batch(docs)]
-        tokens = np.concatenate(ids)
+    for split, pieces in (("train", train_pieces), ("val", val_pieces)):
+        tokens = np.concatenate([np.asarray(e.ids, dtype=np.uint16) for e in tokenizer.encode_batch(pieces)])
         atomic_write(out / f"{split}.bin", tokens.tofile)
         sizes[split] = int(tokens.size)
     atomic_write(out / TOKENIZER_FILE, lambda f: f.write(tokenizer.to_str()), text=True)
-    meta = {"vocab_size": tokenizer.get_vocab_size(), "end_of_text": eot, "tokens": sizes,
-            "documents": {"train": len(train_docs), "val": len(val_docs)}, "source": spec.model_dump()}
+    meta = {"vocab_size": tokenizer.get_vocab_size(), "end_of_text": eot, "tokens": sizes, "documents": n_docs,
+            "pieces": {"train": len(train_pieces), "val": len(val_pieces)}, "source": spec.model_dump()}
     atomic_write(out / CORPUS_META, lambda f: json.dump(meta, f, indent=2), text=True)
     return meta
 

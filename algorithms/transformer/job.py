@@ -163,27 +163,27 @@ class TransformerLMJob(Job):
 
     def check_cluster(self, cluster: Any, storage: Any) -> list[str]:
         spec: LMSpec = self.spec
-        problems = []
-        config, layout, largest = paged_layout(spec)
-        page_bytes = spec.paging.page_kb * 1024
-        if spec.paging.budget_mb is not None and spec.paging.budget_mb * 2**20 < largest * page_bytes:
-            problems.append(f"train.paging.budget_mb: {spec.paging.budget_mb} MiB is smaller than one layer's "
-                            f"pages ({largest} pages of {spec.paging.page_kb} KiB = {largest * page_bytes / 2**20:.2f}"
-                            f" MiB); raise it to at least that, or lower train.paging.page_kb")
+        config = spec.model.config(spec.data.vocab_size)
+        page_numel = spec.paging.runtime(storage.page_kb * 1024).page_numel
         try:
-            rows = row_shape(layout.page_numel, storage.page_kb * 1024)
+            rows = row_shape(page_numel, storage.page_kb * 1024)
         except ValueError as exc:
-            problems.append(f"storage.page_kb: {exc}")
-            return problems
-        state_bytes = layout.n_pages * rows.rows_per_page * rows.row_bytes()
+            return [f"storage.page_kb: {exc}"]
+        state_bytes = -(-config.parameter_count() // page_numel) * rows.rows_per_page * rows.row_bytes()
         root = Path(storage.dir).resolve()
         while not root.exists():
             root = root.parent
         free = shutil.disk_usage(root).free
         if 2 * state_bytes > free:  # LMDB copies a page on write until the next snapshot lets the old one go
-            problems.append(f"train.model: the model's PS states take {state_bytes / 1e9:.2f} GB (room for twice "
-                            f"that is needed while snapshots turn over) but {root} has {free / 1e9:.2f} GB free")
-        return problems
+            return [f"train.model: the model's PS states take {state_bytes / 1e9:.2f} GB (room for twice that is "
+                    f"needed while snapshots turn over) but {root} has {free / 1e9:.2f} GB free"]
+        _, _, largest = paged_layout(spec)
+        page_bytes = spec.paging.page_kb * 1024
+        if spec.paging.budget_mb is not None and spec.paging.budget_mb * 2**20 < largest * page_bytes:
+            return [f"train.paging.budget_mb: {spec.paging.budget_mb} MiB is smaller than one layer's pages "
+                    f"({largest} pages of {spec.paging.page_kb} KiB = {largest * page_bytes / 2**20:.2f} MiB); raise "
+                    f"it to at least that, or lower train.paging.page_kb"]
+        return []
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
         return _Run(self.spec, ctx).train()
