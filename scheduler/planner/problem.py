@@ -103,7 +103,7 @@ def peak_of(problem: Problem, offsets: np.ndarray) -> int:
     return int((offsets + problem.size).max()) if len(problem) else 0
 
 
-def _events(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def events(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(buffer, +1 alloc / -1 free) in time order, frees before allocations at the same time (half-open
     lifetimes), ties in buffer order."""
     n = len(lower)
@@ -165,7 +165,7 @@ def check_plan(problem: Problem, offsets: np.ndarray) -> int:
     if len(problem) and offsets.min() < 0:
         i = int(np.argmin(offsets))
         raise PlanError(f"buffer {problem.ids[i]!r} has negative offset {offsets[i]}")
-    buffers, signs = _events(problem.lower, problem.upper)
+    buffers, signs = events(problem.lower, problem.upper)
     a, b = _first_overlap(buffers, signs, offsets.astype(np.int64), problem.size)
     if a >= 0:
         raise PlanError(f"buffers {problem.ids[a]!r} and {problem.ids[b]!r} are alive at the same time "
