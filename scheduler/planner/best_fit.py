@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from seraphim.scheduler.planner.best_fit_kernels import BEST_FIT, FIRST_FIT, place_in_order
-from seraphim.scheduler.planner.problem import Problem, peak_of, range_max, sections_of
+from seraphim.scheduler.planner.problem import Problem, load, peak_of, range_max, sections_of
 
 RULES = {"best": BEST_FIT, "first": FIRST_FIT}
 FEW_ORDERS_ABOVE = 20_000  #: buffers above which only the two strongest orders run (each is O(n^2))
@@ -27,8 +27,8 @@ def orders(problem: Problem) -> dict[str, np.ndarray]:
     crowd = range_max(sections.load, sections.first, sections.end) if len(problem) else length
     index = np.arange(len(problem))
     return {
-        "size": np.lexsort((index, -length, -problem.size)),
         "contention": np.lexsort((index, -problem.size, -crowd)),
+        "size": np.lexsort((index, -length, -problem.size)),
         "area": np.lexsort((index, -problem.size, -problem.size * length)),
         "length": np.lexsort((index, -problem.size, -length)),
         "start": np.lexsort((index, -problem.size, problem.lower)),
@@ -36,7 +36,8 @@ def orders(problem: Problem) -> dict[str, np.ndarray]:
 
 
 def best_fit(problem: Problem) -> tuple[np.ndarray, str]:
-    """The lowest-peak greedy plan and the name of the order/rule that made it."""
+    """The lowest-peak greedy plan and the name of the order/rule that made it; stops early at the load."""
+    floor = load(problem)
     candidates = orders(problem)
     if len(problem) > FEW_ORDERS_ABOVE:
         candidates = {name: candidates[name] for name in ("size", "contention")}
@@ -49,4 +50,6 @@ def best_fit(problem: Problem) -> tuple[np.ndarray, str]:
             peak = peak_of(problem, offsets)
             if best_peak is None or peak < best_peak:
                 best, best_name, best_peak = offsets, f"{name}/{rule_name}", peak
+            if best_peak == floor:
+                return best, best_name
     return best, best_name

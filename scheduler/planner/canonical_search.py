@@ -134,9 +134,9 @@ class CanonicalSearch:
     def minimize(self, offsets: np.ndarray, lower_bound: int, time_limit_s: float) -> SearchResult:
         """The lowest peak found within the time, starting from the valid plan `offsets`.
 
-        First the lower bound itself, on a quarter of the time. Then rounds of bisection between the proven bound
-        and the best peak: a probe that finds a plan lowers the peak to that plan's, one that runs out of time
-        moves the round's low end up (without proof). Each round doubles the time a probe gets, because how hard a
+        First the lower bound itself, on a quarter of the time. Then rounds: the bound again, and a bisection
+        between it and the best peak: a probe that finds a plan lowers the peak to that plan's, one that runs out
+        of time moves the round's low end up (without proof). Each round doubles the time a probe gets, because how hard a
         capacity is does not fall smoothly as the capacity grows: a tight capacity often prunes its way to a plan
         at once where a looser one wanders.
         """
@@ -158,7 +158,8 @@ class CanonicalSearch:
             ask(proven, time_limit_s / 4)
         probe_s = max(time_limit_s / 40, 0.05)
         while proven < peak and time.perf_counter() < deadline:
-            low = proven
+            ask(proven, probe_s)  # the bound again, with this round's time: it is so often the optimum
+            low = proven + g
             while low < peak and time.perf_counter() < deadline:
                 middle = (low + peak) // (2 * g) * g
                 ask(middle, probe_s)
