@@ -25,6 +25,8 @@ HEURISTICS = {"WAT": (kernels.WIDTH, kernels.AREA, kernels.TOTAL),
               "TAW": (kernels.TOTAL, kernels.AREA, kernels.WIDTH),
               "TWA": (kernels.TOTAL, kernels.WIDTH, kernels.AREA)}
 _FIRST_NODE_LIMIT = 1 << 12
+MAX_PAIRS = 5_000_000  #: conflicting pairs above which the search is not built (the graph takes 16 B a pair)
+MAX_SPANS = 5_000_000  #: (buffer, section) memberships above which it is not built (32 B each with the trail)
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,6 @@ class SearchResult:
     offsets: np.ndarray
     peak: int
     proven_lower_bound: int  #: the largest capacity shown infeasible, plus one granule (or the bound given)
-    nodes: int
 
 
 def conflict_graph(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,6 +61,14 @@ def conflicting_pairs(lower: np.ndarray, upper: np.ndarray) -> int:
 
 class CanonicalSearch:
     """The search structures of one problem (its buffers of non-zero size, sizes divided by their gcd)."""
+
+    @staticmethod
+    def affordable(problem: Problem) -> bool:
+        """Whether the conflict graph and the section lists fit the memory limits above."""
+        if conflicting_pairs(problem.lower, problem.upper) > MAX_PAIRS:
+            return False
+        sections = sections_of(problem)
+        return int((sections.end - sections.first).sum()) <= MAX_SPANS
 
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
@@ -165,7 +174,7 @@ class CanonicalSearch:
                 ask(middle, probe_s)
                 low = max(low, middle + g) if peak > middle else low
             probe_s *= 2
-        return SearchResult(best, peak, max(proven, lower_bound), self.nodes)
+        return SearchResult(best, peak, max(proven, lower_bound))
 
 
 def _ptr(keys: np.ndarray, count: int) -> np.ndarray:

@@ -19,15 +19,16 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyomo.environ as pyo
-
-from pyomo.contrib.appsi.solvers import Highs
 
 from seraphim.scheduler.planner.best_fit_kernels import ON_TOP, place_in_order
 from seraphim.scheduler.planner.canonical_search import conflict_graph
 from seraphim.scheduler.planner.problem import Problem, peak_of
+
+if TYPE_CHECKING:
+    import pyomo.environ as pyo
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ def solve_mip(problem: Problem, offsets: np.ndarray, lower_bound: int, time_limi
     size = problem.size // g
     cap = start_peak // g  # the warm start's peak
     warm = offsets // g
+    from pyomo.contrib.appsi.solvers import Highs  # pyomo takes seconds to import: only when a MIP runs
+
     model = _model(size, pairs, used, cap, math.ceil(lower_bound / g), warm)
     solver = Highs()  # pyomo's APPSI interface to highspy (SolverFactory("appsi_highs") wraps it in legacy results)
     solver.config.time_limit = max(time_limit_s, 0.1)
@@ -85,6 +88,8 @@ def solve_mip(problem: Problem, offsets: np.ndarray, lower_bound: int, time_limi
 def _model(size: np.ndarray, pairs: np.ndarray, used: np.ndarray, cap: int, low: int,
            warm: np.ndarray) -> pyo.ConcreteModel:
     """The pyomo model over the buffers `used` (indices into size), warm values set from `warm`."""
+    import pyomo.environ as pyo
+
     local = np.full(len(size), -1, np.int64)
     local[used] = np.arange(len(used))
     lp = local[pairs]

@@ -2,8 +2,8 @@
 
     plan = plan_memory(problem, time_limit_s=10.0)      # Plan: offsets, peak, lower_bound, gap, solve_s, method
 
-1. best fit (several orders and rules) and, where the conflict graph fits in memory, the gravity dives of the
-   canonical search: a valid plan in well under a second, the upper bound of what follows;
+1. best fit (several orders and rules) and, where the search's structures fit in memory
+   (`CanonicalSearch.affordable`), the gravity dives of the canonical search: a valid plan in well under a second, the upper bound of what follows;
 2. the canonical search (`canonical_search`), which decides capacities between the load and that bound;
 3. MEMO's MIP (`mip`) over HiGHS, warm-started from the best plan so far, on instances small enough for big-M
    pairs to be worth it; it may also prove a lower bound above the load.
@@ -22,7 +22,6 @@ from seraphim.scheduler.planner.canonical_search import HEURISTICS, CanonicalSea
 from seraphim.scheduler.planner.mip import solve_mip
 from seraphim.scheduler.planner.problem import Plan, Problem, load, peak_of
 
-SEARCH_MAX_PAIRS = 5_000_000  #: conflicting pairs above which the search is skipped (its graph takes 16 B a pair)
 MIP_MAX_PAIRS = 2_000  #: above this many pairs HiGHS rarely improves on the search within seconds
 SEARCH_SHARE_BEFORE_MIP = 0.6  #: of the time left, when the MIP runs after the search
 
@@ -34,12 +33,12 @@ def plan_memory(problem: Problem, time_limit_s: float = 10.0, use_mip: bool = Tr
     offsets, _ = best_fit(problem)
     peak, method = peak_of(problem, offsets), "best_fit"
     pairs = conflicting_pairs(problem.lower, problem.upper)
-    search = CanonicalSearch(problem) if pairs <= SEARCH_MAX_PAIRS and peak > lower_bound else None
+    search = CanonicalSearch(problem) if peak > lower_bound and CanonicalSearch.affordable(problem) else None
     if search is not None:
         for heuristic in HEURISTICS:
             dive = search.gravity(heuristic)
-            if peak_of(problem, dive) < peak:
-                offsets, peak, method = dive, peak_of(problem, dive), "gravity"
+            if (dive_peak := peak_of(problem, dive)) < peak:
+                offsets, peak, method = dive, dive_peak, "gravity"
     mip_fits = use_mip and 0 < pairs <= MIP_MAX_PAIRS
 
     def left() -> float:

@@ -33,7 +33,7 @@ from numba import njit
 
 FOUND, NOT_FOUND, ABORTED = 0, 1, 2
 NODES, MIN_TRAIL, FLOOR_TRAIL, STAMP = 0, 1, 2, 3  # indices into SearchState.counters
-WIDTH, AREA, TOTAL, SIZE = 0, 1, 2, 3  # preorder keys, all descending
+WIDTH, AREA, TOTAL = 0, 1, 2  # preorder keys, all descending
 _INF = np.int64(1) << 62
 
 
@@ -218,8 +218,6 @@ def preorder(data, state, members, heuristic):
                 keys[k] = data.width[b]
             elif h == AREA:
                 keys[k] = data.width[b] * data.size[b]
-            elif h == SIZE:
-                keys[k] = data.size[b]
             else:
                 keys[k] = state.total[data.first[b]:data.end[b]].max()
         members = members[np.argsort(-keys, kind="mergesort")]
