@@ -208,20 +208,43 @@ def _grown(array, needed):
 @njit(cache=True)
 def preorder(data, state, members, heuristic):
     """`members` sorted by the heuristic's keys, each descending, ties by buffer index. TOTAL is the largest
-    unplaced total over the buffer's sections, as it stands now."""
-    members = np.sort(members)
-    keys = np.empty(len(members), np.int64)
-    for h in heuristic[::-1]:
-        for k in range(len(members)):
-            b = members[k]
-            if h == WIDTH:
-                keys[k] = data.width[b]
-            elif h == AREA:
-                keys[k] = data.width[b] * data.size[b]
+    unplaced total over the buffer's sections, as it stands now. A hand-written bottom-up merge sort: numba's
+    own sorts with keys cost seconds to compile."""
+    count = len(members)
+    keys = np.empty((count, len(heuristic) + 1), np.int64)  # descending keys, then -index (ties: lower index first)
+    for k in range(count):
+        b = members[k]
+        for j in range(len(heuristic)):
+            if heuristic[j] == WIDTH:
+                keys[k, j] = data.width[b]
+            elif heuristic[j] == AREA:
+                keys[k, j] = data.width[b] * data.size[b]
             else:
-                keys[k] = state.total[data.first[b]:data.end[b]].max()
-        members = members[np.argsort(-keys, kind="mergesort")]
-    return members
+                keys[k, j] = state.total[data.first[b]:data.end[b]].max()
+        keys[k, len(heuristic)] = -b
+    order, spare = np.arange(count), np.empty(count, np.int64)
+    width = 1
+    while width < count:
+        for lo in range(0, count, 2 * width):
+            mid, hi = min(lo + width, count), min(lo + 2 * width, count)
+            i, j = lo, mid
+            for k in range(lo, hi):
+                if j >= hi or (i < mid and not _before(keys[order[j]], keys[order[i]])):
+                    spare[k], i = order[i], i + 1
+                else:
+                    spare[k], j = order[j], j + 1
+        order, spare = spare, order
+        width *= 2
+    return members[order]
+
+
+@njit(cache=True)
+def _before(a, b):
+    """Whether key row a sorts strictly before b (all keys descending)."""
+    for j in range(len(a)):
+        if a[j] != b[j]:
+            return a[j] > b[j]
+    return False
 
 
 @njit(cache=True)
