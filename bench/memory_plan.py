@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
-
 from common import print_figures
 
 HERE = Path(__file__).resolve().parent
@@ -125,9 +123,8 @@ def bench_traces(time_limit: float) -> dict[str, float]:
     worst_flat = worst_bilevel = 0.0
     for source in TRACE_SOURCES:
         for name, trace, _ in source():
-            sizes = np.array([b.size for b in trace.buffers], np.int64)
-            problem = Problem(tuple(b.id for b in trace.buffers), np.array([b.lower for b in trace.buffers]),
-                              np.array([b.upper for b in trace.buffers]), -(-sizes // MIN_BLOCK) * MIN_BLOCK)
+            problem = Problem.from_buffers((b.id, b.lower, b.upper, -(-b.size // MIN_BLOCK) * MIN_BLOCK)
+                                           for b in trace.buffers)
             windows = [Window(w.layer, w.phase, w.lower, w.upper) for w in trace.windows]
             flat = plan_memory(problem, time_limit_s=time_limit)
             bilevel = plan_bilevel(problem, windows, time_limit_s=time_limit).plan

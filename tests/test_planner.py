@@ -195,8 +195,7 @@ def test_bilevel_plans_identical_layers_once_and_stays_valid():
         h.square().sum().backward()
 
     trace = record_memory(step, layers={f"l{k}": layer for k, layer in enumerate(layers)})
-    problem = Problem(tuple(b.id for b in trace.buffers), np.array([b.lower for b in trace.buffers]),
-                      np.array([b.upper for b in trace.buffers]), np.array([b.size for b in trace.buffers]))
+    problem = Problem.from_buffers(b[:4] for b in trace.buffers)  # id, lower, upper, size
     windows = [Window(w.layer, w.phase, w.lower, w.upper) for w in trace.windows]
     result = plan_bilevel(problem, windows, time_limit_s=2.0)
     assert check_plan(problem, result.plan.offsets) == result.plan.peak >= load(problem)

@@ -49,7 +49,7 @@ class BilevelPlan:
 
 def window_members(problem: Problem, windows: Sequence[Window]) -> np.ndarray:
     """Per buffer, the index of the window that contains its lifetime, or -1."""
-    order = sorted(range(len(windows)), key=lambda k: windows[k].lower)
+    order = sorted(range(len(windows)), key=lambda k: (windows[k].lower, windows[k].upper))  # empty ones first
     for a, b in zip(order, order[1:]):
         if windows[b].lower < windows[a].upper:
             raise ProblemError(f"windows {windows[a]} and {windows[b]} overlap in time; a window is one layer's "
@@ -62,6 +62,7 @@ def window_members(problem: Problem, windows: Sequence[Window]) -> np.ndarray:
 
 
 def plan_bilevel(problem: Problem, windows: Sequence[Window], time_limit_s: float = 10.0) -> BilevelPlan:
+    """Level 1 on each distinct window problem (half the time, shared), level 2 on outer buffers plus blocks."""
     start = time.perf_counter()
     member = window_members(problem, windows)
     groups: dict[tuple, list[int]] = {}  # identical local problems -> their windows
