@@ -3,7 +3,8 @@
 ``seraphim run JOB.yaml`` is the embedded default: a scheduler, the PS shards and the workers as local processes on
 loopback, a progress bar, and everything under ``runs/<job>/``. The roles by hand for a cluster of hosts:
 ``seraphim scheduler start``, ``seraphim ps start``, ``seraphim worker start``; jobs: ``submit``, ``status``,
-``jobs``, ``logs``, ``cancel``. Every error is one line on stderr and a non-zero exit.
+``jobs``, ``logs``, ``cancel``; ``plan-memory TRACE.csv`` plans a memory trace. Every error is one line on stderr
+and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -181,6 +182,21 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan_memory(args: argparse.Namespace) -> int:
+    """Plan a DSA trace (best fit, exact search, MIP within the time limit); print peak, lower bound, time."""
+    from seraphim.scheduler.planner import ProblemError, TraceFormatError, plan_memory, read_problem, write_plan
+    if args.time_limit <= 0:
+        raise CLIError(f"--time-limit {args.time_limit}: must be positive (seconds)")
+    try:
+        plan = plan_memory(read_problem(args.trace), time_limit_s=args.time_limit)
+    except (TraceFormatError, ProblemError) as exc:
+        raise CLIError(str(exc)) from None
+    if args.out:
+        write_plan(args.out, plan)
+    print(f"peak: {plan.peak}\nlower_bound: {plan.lower_bound}\nsolve_s: {plan.solve_s:.3f}")
+    return 0
+
+
 def _connection_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", help="scheduler address (default SERAPHIM_SCHEDULER or 127.0.0.1:7070)")
     p.add_argument("--token", help="cluster token (or --token-file, SERAPHIM_TOKEN, SERAPHIM_TOKEN_FILE)")
@@ -222,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a finished LM run's model for Hugging Face transformers")
     export.add_argument("run_dir", help="the run directory, e.g. runs/lm")
     export.add_argument("--out", required=True, help="directory to write (config, safetensors, tokenizer)")
+    plan = sub.add_parser("plan-memory", help="plan a memory trace (DSA CSV: id,lower,upper,size)")
+    plan.add_argument("trace", help="CSV with id,lower,upper,size rows, lifetimes [lower, upper)")
+    plan.add_argument("--out", help="write the rows with an offset column here")
+    plan.add_argument("--time-limit", type=float, default=10.0, help="seconds for the search and the MIP")
     return parser
 
 
@@ -241,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return _role_main(argv[0], argv[2:])
     args = build_parser().parse_args(argv)
     commands = {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "jobs": cmd_status,
-                "logs": cmd_logs, "cancel": cmd_cancel, "export": cmd_export}
+                "logs": cmd_logs, "cancel": cmd_cancel, "export": cmd_export, "plan-memory": cmd_plan_memory}
     if args.command == "jobs":
         args.job_id = None
     try:
