@@ -41,7 +41,7 @@ def lm_job(name: str, text_dir: Path, **train) -> dict:
                   "data": {"source": "files", "paths": [str(text_dir)], "vocab_size": 512, "max_bytes": 600_000},
                   "paging": {"page_kb": 16}, "seq_len": 48, "batch_size": 4, "steps": 14, "eval_every": 7,
                   "optimizer": {"warmup_steps": 2},
-                  "generate": {"prompts": ["def "], "max_new_tokens": 8}, **train},
+                  "generate": {"prompts": ["def"], "max_new_tokens": 8}, **train},
     }
 
 
@@ -63,7 +63,7 @@ def test_the_lm_trains_on_two_workers_resumes_a_killed_one_and_exports_for_trans
         assert r["model_state_bytes"] > r["ps_ram_budget_bytes"]  # the PS shards spill pages to LMDB
         assert 0 < r["max_resident_bytes"] <= r["worker_page_budget_bytes"] < r["model_state_bytes"]
         assert r["val_loss"] < 6.0  # ln(512) = 6.24 is a uniform guess
-    assert results[0]["samples"][0].startswith("def ")
+    assert results[0]["samples"][0].startswith("def")
     metrics = (run / "metrics" / "worker-0.csv").read_text()
     assert all(m in metrics for m in ("tokens_per_s", "pages_in_flight", "bytes_moved_mb", "val_ppl"))
 

@@ -110,7 +110,7 @@ class PagingSpec(BaseModel):
 
 class GenerateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompts: list[str] = Field(default_factory=lambda: ["def ", "class Parser:\n    ", "import "])
+    prompts: list[str] = Field(default_factory=lambda: ["def parse", "class Parser:\n    def", "import"])
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(0.8, ge=0)
     top_k: int = Field(40, ge=1)

@@ -131,7 +131,11 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Causal grouped-query attention: H query heads share G key/value heads; RoPE on queries and keys."""
+    """Causal grouped-query attention: H query heads share G key/value heads; RoPE on queries and keys.
+
+    ``qkv`` and ``out`` are the token-local halves around the token-mixing ``scaled_dot_product_attention``, so
+    MEMO's token-wise recomputation (``worker/memo``) can run them on any subset of the tokens.
+    """
 
     def __init__(self, c: TransformerConfig, layer: int) -> None:
         super().__init__()
@@ -141,19 +145,27 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=False)
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor,
+            sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, S, K)
         k = self.k_proj(x).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, G, S, K)
         v = self.v_proj(x).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, G, S, K)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def out(self, attended: torch.Tensor) -> torch.Tensor:
+        b, _, s, _ = attended.shape
+        return self.o_proj(attended.transpose(1, 2).reshape(b, s, -1))                # (B, S, D)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
+        q, k, v = self.qkv(x, cos, sin)
         causal = True
         if cache is not None:
             causal = cache.length == 0  # later calls add one position, which sees every earlier one
             k, v = cache.extend(self.layer, k, v)                                      # (B, G, S_all, K)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)  # (B, H, S, K)
-        return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))                     # (B, S, D)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)  # (B, H, S, K)
+        return self.out(attended)                                                      # (B, S, D)
 
 
 class MLP(nn.Module):
@@ -180,6 +192,17 @@ class DecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)              # (B, S, D)
+        return x + self.mlp(self.post_attention_layernorm(x))                         # (B, S, D)
+
+    # the token-local halves of a training forward, around causal attention (worker/memo's TokenwiseLayer)
+    def attention_inputs(self, x: torch.Tensor, cos: torch.Tensor,
+                         sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries [B, H, S, K], keys and values [B, G, S, K] of the tokens of x [B, S, D]."""
+        return self.self_attn.qkv(self.input_layernorm(x), cos, sin)
+
+    def attention_output(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """The layer's output [B, S, D] for tokens x [B, S, D] given their attention output [B, H, S, K]."""
+        x = x + self.self_attn.out(attended)                                          # (B, S, D)
         return x + self.mlp(self.post_attention_layernorm(x))                         # (B, S, D)
 
 

@@ -36,7 +36,6 @@ What it does:
 
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from torch import nn
 
 from seraphim.proto.errors import DeadlineExceeded, InvalidArgument
 from seraphim.worker.client import DenseTable, PSClient
+from seraphim.worker.paged.activations import ActivationPlan, SavedActivations, SavedTensor
 from seraphim.worker.paged.gradients import PageGradients
 from seraphim.worker.paged.layout import PageLayout, RowShape, row_shape
 from seraphim.worker.paged.page_cache import PageCache
@@ -115,49 +115,6 @@ class _ParamRef:
     offset: int
 
 
-class _SavedActivation:
-    """An activation autograd saved; counts its storage's bytes as alive until autograd lets go of it."""
-
-    __slots__ = ("tensor", "_counter")
-
-    def __init__(self, tensor: torch.Tensor, counter: "_ActivationCounter") -> None:
-        self.tensor = tensor
-        self._counter = counter
-        counter.hold(tensor)
-
-    def __del__(self) -> None:
-        self._counter.drop(self.tensor)
-
-
-class _ActivationCounter:
-    """Bytes of the distinct storages that saved activations hold (the non-model memory of a step)."""
-
-    def __init__(self) -> None:
-        self._refs: dict[int, tuple[int, int]] = {}
-        self._lock = threading.Lock()
-        self.bytes = 0
-        self.peak = 0
-
-    def hold(self, t: torch.Tensor) -> None:
-        storage = t.untyped_storage()
-        key = storage.data_ptr()
-        with self._lock:
-            count, nbytes = self._refs.get(key, (0, storage.nbytes()))
-            if not count:
-                self.bytes += nbytes
-                self.peak = max(self.peak, self.bytes)
-            self._refs[key] = (count + 1, nbytes)
-
-    def drop(self, t: torch.Tensor) -> None:
-        key = t.untyped_storage().data_ptr()
-        with self._lock:
-            count, nbytes = self._refs.pop(key, (1, 0))
-            if count > 1:
-                self._refs[key] = (count - 1, nbytes)
-            else:
-                self.bytes -= nbytes
-
-
 @dataclass
 class StepReport:
     """What one step moved and waited for (cumulative counters of the PagedModel at the step's end)."""
@@ -206,7 +163,7 @@ class PagedModel:
         self.grads = PageGradients(self.layout, self.table, self.rows.rows_per_page, self._transfer, self.device,
                                    trainable)
         self.grads.on_push = lambda page: self._schedule()
-        self._activations = _ActivationCounter()
+        self.activations = SavedActivations(self.device)
         self._placeholders = {n: _placeholder(p, config.compute_dtype, self.device) for n, p in self._params.items()}
         _rehome_parameters(model, self._placeholders)
         self._params = dict(model.named_parameters())
@@ -299,6 +256,7 @@ class PagedModel:
         self.grads.begin(step, lr_scale, early=self.config.overlap)
         following = self.trace is not None and self.config.overlap
         self.last_trace = StepTrace()
+        self.activations.begin_step(record=self.trace is None)
         self._cursor = TraceCursor(self.trace) if following else None
         self.cache.policy = self._policy if following else LeastRecentlyUsed()
         try:
@@ -316,6 +274,7 @@ class PagedModel:
             raise RuntimeError(f"paged model {self.name!r}: step {self._step} ended without backward(); call "
                                f"loss.backward() inside paged.step(), or use paged.inference() for a forward pass")
         self.grads.finish()
+        self.activations.end_step()
         if self.trace is None:
             self.trace = self.last_trace
         self._infer_version = self._step + 1
@@ -354,7 +313,7 @@ class PagedModel:
                           pages_in_flight=s.mean_in_flight, stall_s=s.stall_s, prefetch_hits=s.prefetch_hits,
                           demand_fetches=s.demand_fetches,
                           trace_misses=self._cursor.misses if self._cursor is not None else 0,
-                          max_resident_bytes=s.max_resident_bytes, activation_peak_bytes=self._activations.peak)
+                          max_resident_bytes=s.max_resident_bytes, activation_peak_bytes=self.activations.stats.peak_bytes)
 
     def close(self) -> None:
         self.cache.close()
@@ -417,7 +376,7 @@ class PagedModel:
                 self._fwd_version.setdefault(page, version)
             elif version != self._fwd_version.get(page, version):
                 self.version_skew += 1  # delayed updates: backward reads a newer version than forward did
-            self.last_trace.record(page, self._phase, self._activations.bytes)
+            self.last_trace.record(page, self._phase, self.activations.stats.bytes)
             if self._cursor is not None:
                 self._cursor.advance(page, self._phase)
                 self._schedule()
@@ -469,11 +428,11 @@ class PagedModel:
                         return
 
     # -- autograd hooks ----------------------------------------------------------------------------------------
-    def _pack(self, t: torch.Tensor) -> Any:
-        """A saved weight becomes a reference to its page (or gathered parameter); anything else is an activation.
-        The cache maps only tensors it holds, so a pointer it knows cannot belong to freed (reused) memory."""
+    def saved_ref(self, t: torch.Tensor) -> _PageRef | _ParamRef | None:
+        """A saved tensor that views a weight, as a reference to its page (or gathered parameter); None for
+        anything else. The cache maps only tensors it holds, so a pointer it knows is not freed (reused) memory."""
         if t.layout != torch.strided or t.device.type == "meta":
-            return t
+            return None
         page = self.cache.page_of(t)
         if page is not None:
             return _PageRef(page, tuple(t.size()), tuple(t.stride()), t.storage_offset())
@@ -481,13 +440,10 @@ class PagedModel:
         if name is not None:
             base = self._params[name].data
             return _ParamRef(name, tuple(t.size()), tuple(t.stride()), t.storage_offset() - base.storage_offset())
-        return _SavedActivation(t, self._activations)
+        return None
 
-    def _unpack(self, saved: Any) -> torch.Tensor:
-        if isinstance(saved, _SavedActivation):
-            return saved.tensor
-        if not isinstance(saved, (_PageRef, _ParamRef)):
-            return saved
+    def unpack_ref(self, saved: _PageRef | _ParamRef) -> torch.Tensor:
+        """A weight's tensor again, from its page at the version its forward read."""
         if self._mode == "train":
             self._phase = BACKWARD
         if isinstance(saved, _PageRef):
@@ -500,6 +456,34 @@ class PagedModel:
             value = self._backward_params[saved.name] = torch.cat(
                 [pages[s.page][s.page_offset:s.page_offset + s.numel] for s in placement.segments])
         return value.as_strided(saved.size, saved.stride, value.storage_offset() + saved.offset)
+
+    @contextmanager
+    def unit_weights(self, unit: nn.Module) -> Iterator[None]:
+        """A layer's weights in its parameters while a backward recomputes part of its forward (MEMO)."""
+        self._enter(unit, ())
+        try:
+            yield
+        finally:
+            self._exit(unit, (), None)
+
+    def install_activation_plan(self, plan: ActivationPlan) -> None:
+        """Place later steps' saved activations at the plan's offsets in one buffer (worker/paged/activations.py)."""
+        self.activations.install(plan)
+
+    def _pack(self, t: torch.Tensor) -> Any:
+        ref = self.saved_ref(t)
+        if ref is not None:
+            return ref
+        if t.layout != torch.strided or t.device.type == "meta":
+            return t
+        return self.activations.pack(t)
+
+    def _unpack(self, saved: Any) -> torch.Tensor:
+        if isinstance(saved, SavedTensor):
+            return saved.tensor
+        if isinstance(saved, (_PageRef, _ParamRef)):
+            return self.unpack_ref(saved)
+        return saved
 
     def _grad_ready(self, param: torch.Tensor) -> None:
         name = self._param_name[id(param)]
