@@ -7,8 +7,13 @@ unbiased estimators, App. A) or from a sweep (Surge eq. 22: steps and examples t
 
 Usage::
 
+    # in a data-parallel training step (LM, MoE): squared norms before and after the gradient all-reduce
     noise = GradientNoiseScale(decay=0.99)
-    noise.observe(g_local_sq, g_global_sq, b_local, b_global)   # each step, see GradientNoiseScale
+    loss.backward()
+    g_local_sq = sum(float(p.grad.square().sum()) for p in params)       # this worker's b_local examples
+    all_reduce_mean(params)                                              # dist.all_reduce(...) / world_size
+    g_global_sq = sum(float(p.grad.square().sum()) for p in params)      # all b_local * world_size examples
+    noise.observe(g_local_sq, g_global_sq, b_local, b_local * world_size)
     ctx.report(step, {"train_loss": loss, **noise.metrics()})   # logs b_noise (once defined), grad_sq, trace_sigma
 
     fit = fit_b_noise(steps, examples)              # eq. 22 over (S, E) pairs: fit.b_noise, s_min, e_min, r2
@@ -68,7 +73,7 @@ def fit_eps_max(batches: Sequence[float], lrs: Sequence[float], b_noise: float, 
 
 
 def lr_for_batch(batch: float, ref: tuple[float, float], b_noise: float, optimizer: Optimizer = "adam") -> float:
-    """The learning rate at ``batch`` given one tuned point ``ref = (B0, lr0)``: eps_max from the reference, then the law.
+    """The learning rate at ``batch`` given one tuned point ``ref = (B0, lr0)``: eps_max from it, then the law.
 
     Adam: eq. 2, so the answer falls again past B_noise; SGD: eq. 1, so it saturates.
     """

@@ -1,4 +1,4 @@
-"""Surge's protocol (Li et al., NeurIPS 2024, §3) as a job whose trials are jobs: the best learning rate per batch size.
+"""Surge's protocol (Li et al., NeurIPS 2024, §3) as a job whose trials are jobs: the best learning rate per batch.
 
 For each optimizer arm (Adam, with ``betas: [0, 0]`` the paper's sign-of-gradient setting, or SGD) and each batch
 size, the sweep submits one ``lr_scaling.trial`` job to its scheduler (``parallel`` at a time): every learning rate of

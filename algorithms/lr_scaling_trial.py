@@ -238,7 +238,8 @@ def train_trial(spec: LrTrialSpec, on_progress: Callable[[int, dict[str, float]]
     return {
         "optimizer": spec.optimizer.kind, "batch_size": spec.batch_size, "lrs": spec.lrs, "targets": t.targets,
         "seeds": t.seeds, "extra_steps": t.extra_steps, "final_step": step, "stopped": stopped,
-        "steps": [[[s if s > 0 else None for s in row] for row in per_target] for per_target in crossings.steps.tolist()],
+        "steps": [[[s if s > 0 else None for s in row] for row in per_target]
+                  for per_target in crossings.steps.tolist()],
         "extra_drop": [[[d if math.isfinite(d) else None for d in row] for row in per_target]
                        for per_target in crossings.drop.tolist()],
         "train_s": time.perf_counter() - start,
