@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ class LrSweepSpec(BaseModel):
     @field_validator("arms")
     @classmethod
     def _arms(cls, v: dict[str, ArmSpec]) -> dict[str, ArmSpec]:
-        bad = [name for name in v if not (name and name.replace("-", "").isalnum() and name.islower())]
+        bad = [name for name in v if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name)]
         if not v or bad:
             raise ValueError(f"arms needs at least one arm, each named with lower-case letters, digits and '-' (it "
                              f"names trial jobs); got {list(v) if v else 'none'}")

@@ -248,8 +248,8 @@ def train_trial(spec: LrTrialSpec, on_progress: Callable[[int, dict[str, float]]
 
 @register("lr_scaling.trial")
 class LrTrialJob(Job):
-    """One batch size of an ``lr_scaling.sweep``; trains in this worker process (the PS holds nothing: the ensemble
-    of tiny MLPs steps in about a millisecond, far below one PS round trip)."""
+    """One batch size of an ``lr_scaling.sweep``, trained in this worker process: the PS holds nothing, since each of
+    a trial's thousands of small steps would otherwise wait on a PS round trip."""
 
     Spec = LrTrialSpec
 
