@@ -25,6 +25,8 @@ ALGORITHM_MODULES: dict[str, str] = {
     "gnn.pasca": "seraphim.algorithms.gnn.search",
     "vfl.blindfl": "seraphim.algorithms.vfl.job",
     "lm.transformer": "seraphim.algorithms.transformer.job",
+    "lr_scaling.sweep": "seraphim.algorithms.lr_scaling_sweep",
+    "lr_scaling.trial": "seraphim.algorithms.lr_scaling_trial",
 }
 
 _REGISTRY: dict[str, type["Job"]] = {}
