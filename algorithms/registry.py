@@ -53,6 +53,7 @@ class SchedulerAccess:
     address: str
     token: str | None
     tls: TlsFiles | None
+    job_id: str = ""  # this worker's job, for requests about it (its memory plan)
 
 
 class Job(ABC):

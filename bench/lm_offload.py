@@ -329,8 +329,7 @@ def main() -> None:
 
     shape = QUICK if a.quick else BIG
     skip = set(filter(None, a.skip.split(",")))
-    scratch = Path(tempfile.mkdtemp(prefix="lm-offload-", dir=str(REPO.parent if os.access(REPO.parent, os.W_OK)
-                                                                      else tempfile.gettempdir())))
+    scratch = Path(tempfile.mkdtemp(prefix="lm-offload-"))  # /tmp: the same disk as the runs here
     config = TransformerConfig(**{**PRESETS[shape["preset"]], "vocab_size": shape["vocab"]})
     print(f"# model {shape['preset']}: {config.parameter_count() / 1e6:.1f}M parameters, vocabulary {shape['vocab']};"
           f" {a.threads} torch threads per process; host {os.cpu_count()} cores", flush=True)

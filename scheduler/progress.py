@@ -40,6 +40,10 @@ class ProgressBar:
             parts.append(f"{m['tokens_per_s'] * max(1, status.num_workers):,.0f} tok/s")
         if "pages_in_flight" in m:
             parts.append(f"pages in flight {m['pages_in_flight']:.1f}")
+        if "alpha" in m:
+            parts.append(f"alpha {m['alpha']:.2f}")
+        if "planned_peak_mb" in m:
+            parts.append(f"planned peak {m['planned_peak_mb']:.1f} MiB")
         if "bytes_moved_mb" in m:
             parts.append(f"moved {m['bytes_moved_mb'] * max(1, status.num_workers) / 1024:.2f} GiB")
         if status.restarts:

@@ -25,10 +25,17 @@ from seraphim.algorithms.registry import Job, JobContext, register
 from seraphim.algorithms.transformer.data import (TextDataError, TextSourceSpec, TokenData, load_tokenizer,
                                                    prepare_corpus, wait_for_corpus)
 from seraphim.algorithms.transformer.export import write_model
-from seraphim.algorithms.transformer.model import PRESETS, TransformerConfig, TransformerLM, build_model
+from seraphim.algorithms.transformer.model import (PRESETS, TransformerConfig, TransformerLM, build_model,
+                                                    rope_tables)
+from seraphim.proto import scheduler_pb2
+from seraphim.proto.agent import request_memory_plan
 from seraphim.proto.errors import AlreadyExists, FatalJobError
 from seraphim.proto.resources import peak_rss_bytes
+from seraphim.worker.memo.alpha import alpha_closed_form, measure_bandwidth, measure_layer
+from seraphim.worker.memo.tier import ActivationTier
+from seraphim.worker.memo.tokenwise import TokenwiseMemo
 from seraphim.worker.paged import PagedModel, PagingConfig, row_shape
+from seraphim.worker.paged.activations import ActivationPlan
 from seraphim.worker.paged.layout import PageLayout
 from seraphim.worker.specs import AdamW
 
@@ -108,6 +115,30 @@ class PagingSpec(BaseModel):
                             compute_dtype=_DTYPES[self.compute_dtype], ps_page_bytes=ps_page_bytes)
 
 
+class MemorySpec(BaseModel):
+    """MEMO's activation memory (worker/memo): token-wise swapping and recomputation of the layers' saved activations,
+    and a memory plan that places what stays at offsets of one buffer."""
+
+    model_config = ConfigDict(extra="forbid")
+    swap: Literal["off", "layer", "token"] = Field(
+        "off", description="layer: each layer's input and attention output go to the tier, the rest is recomputed; "
+                           "token: a share alpha of the other saved tensors' tokens goes there too")
+    alpha: Literal["auto"] | float = Field("auto", description="auto: MEMO's LP from the measured tier bandwidth, "
+                                                               "layer time and tier budget")
+    plan: Literal["off", "mip", "best_fit"] = Field("off", description="plan the saved activations' offsets (the "
+                                                                       "scheduler's planner)")
+    tier_mb: float = Field(256.0, ge=0, description="the tier's memory; past it swapped tensors spill to disk")
+    plan_time_limit_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _alpha(self) -> "MemorySpec":
+        if self.alpha != "auto" and not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be 'auto' or a share in [0, 1], got {self.alpha}")
+        if self.alpha not in ("auto", 0.0) and self.swap != "token":
+            raise ValueError(f"alpha {self.alpha} applies to swap 'token' only (swap is {self.swap!r})")
+        return self
+
+
 class GenerateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompts: list[str] = Field(default_factory=lambda: ["def parse", "class Parser:\n    def", "import"])
@@ -122,6 +153,7 @@ class LMSpec(BaseModel):
     data: TextSourceSpec = Field(default_factory=TextSourceSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     paging: PagingSpec = Field(default_factory=PagingSpec)
+    memory: MemorySpec = Field(default_factory=MemorySpec)
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
     seq_len: int = Field(256, ge=2, description="tokens per training sequence")
     batch_size: int = Field(8, ge=1, description="sequences per step on each worker")
@@ -216,8 +248,9 @@ class _Run:
                      config.parameter_count() / 1e6, paged.layout.n_pages, spec.paging.page_kb,
                      paged.rows.rows_per_page, paged.rows.row_dim, paged.budget_bytes / 2**20,
                      sum(s.ram_budget for s in stats) / 2**20, len(stats))
+        memo = self._memo(model, paged, data)
         try:
-            history = self._loop(model, paged, data)
+            history = self._loop(model, paged, data, memo)
             evaluation = self._evaluate(model, paged, data)
             result = self._summary(config, paged, history, evaluation)
             if ctx.rank == 0:
@@ -226,6 +259,59 @@ class _Run:
             return result
         finally:
             paged.close()
+            if memo is not None:
+                memo.tier.close()
+
+    def _memo(self, model: TransformerLM, paged: PagedModel, data: TokenData) -> TokenwiseMemo | None:
+        """MEMO on the layers (all but the last two), with alpha from its LP unless the spec gives it."""
+        spec, ctx = self.spec, self.ctx
+        if spec.memory.swap == "off":
+            return None
+        spill = ctx.run_dir / "tier" / f"worker-{ctx.rank}"
+        tier = ActivationTier(int(spec.memory.tier_mb * 2**20), spill)
+        alpha = 0.0 if spec.memory.swap == "layer" else spec.memory.alpha
+        if alpha == "auto":
+            x, _ = data.batch("train", 0, ctx.rank, self.world, spec.batch_size, spec.seq_len, spec.seed)
+            layer = model.model.layers[0]
+            with paged.inference():
+                hidden = model.model.embed_tokens(torch.from_numpy(x))
+            with paged.inference(), paged.unit_weights(layer):
+                cos, sin = rope_tables(model.config.head_dim, 0, spec.seq_len, model.config.rope_theta)
+                acts = measure_layer(layer, hidden, cos, sin)
+            choice = alpha_closed_form(acts, measure_bandwidth(str(spill)), tier.budget_bytes,
+                                       model.config.n_layers)
+            alpha = choice.alpha
+            ctx.log.info("MEMO alpha %.3f from its LP: overlap bound %.3f, tier bound %.3f; tier %.0f MB/s, layer "
+                         "forward %.3fs, per layer %d B input + %d B attention output + %d B other saved", alpha,
+                         choice.overlap_bound, choice.capacity_bound, choice.bandwidth_bytes_per_s / 1e6,
+                         acts.forward_s, acts.input_bytes, acts.attention_bytes, acts.other_bytes)
+        memo = TokenwiseMemo(tier, float(alpha), weights=paged.unit_weights, saved_ref=paged.saved_ref,
+                             unpack_ref=paged.unpack_ref)
+        memo.wrap(model.model.layers)
+        ctx.log.info("MEMO swap %s, alpha %.3f on %d of %d layers (the last two are never swapped)",
+                     spec.memory.swap, memo.alpha, max(0, model.config.n_layers - 2), model.config.n_layers)
+        return memo
+
+    def _install_plan(self, paged: PagedModel) -> None:
+        """After this process's first step: worker 0 reports its saved-activation trace and the scheduler plans it
+        once for the job; every worker places its saved activations by that plan from the next step on."""
+        spec, ctx = self.spec, self.ctx
+        if ctx.scheduler is None or not ctx.scheduler.job_id:
+            ctx.log.warning("memory.plan %s needs a scheduler (a managed worker); running without a plan",
+                            spec.memory.plan)
+            return
+        rows = paged.activations.stats.trace
+        trace = None
+        if ctx.rank == 0:
+            trace = scheduler_pb2.MemoryTrace(job_id=ctx.scheduler.job_id, rank=ctx.rank,
+                                              lower=[r[0] for r in rows], upper=[r[1] for r in rows],
+                                              size=[r[2] for r in rows], method=spec.memory.plan,
+                                              time_limit_s=spec.memory.plan_time_limit_s)
+        plan = request_memory_plan(ctx.scheduler.address, ctx.scheduler.token, ctx.scheduler.tls, trace,
+                                   ctx.scheduler.job_id, timeout_s=spec.memory.plan_time_limit_s + 300)
+        paged.install_activation_plan(ActivationPlan(list(plan.offsets), list(plan.size), plan.peak))
+        ctx.log.info("memory plan (%s): %d saved activations in one buffer of %d bytes (lower bound %d)",
+                     plan.method, len(plan.offsets), plan.peak, plan.lower_bound)
 
     def _corpus(self) -> dict:
         if self.ctx.rank == 0 and not (self.corpus_dir / "corpus.json").exists():
@@ -250,7 +336,8 @@ class _Run:
                                 f"the model, its vocabulary or the optimizer changed since they were written: use a "
                                 f"new run directory") from None
 
-    def _loop(self, model: TransformerLM, paged: PagedModel, data: TokenData) -> list[dict[str, float]]:
+    def _loop(self, model: TransformerLM, paged: PagedModel, data: TokenData,
+              memo: TokenwiseMemo | None) -> list[dict[str, float]]:
         spec, ctx = self.spec, self.ctx
         history = []
         tokens = spec.batch_size * spec.seq_len
@@ -266,7 +353,14 @@ class _Run:
             metrics = {"train_loss": loss.item(), "tokens_per_s": tokens / elapsed,
                        "pages_in_flight": report.pages_in_flight,
                        "bytes_moved_mb": (report.pulled_bytes + report.pushed_bytes) / 2**20,
-                       "stall_s": report.stall_s, "lr": spec.optimizer.lr * spec.optimizer.scale(step, spec.steps)}
+                       "stall_s": report.stall_s, "lr": spec.optimizer.lr * spec.optimizer.scale(step, spec.steps),
+                       "saved_activations_mb": paged.activations.stats.peak_bytes / 2**20}
+            if memo is not None:
+                metrics.update(alpha=memo.alpha, tier_mb=memo.tier.stats.put_bytes / 2**20)
+            if step == ctx.start_step and spec.memory.plan != "off":
+                self._install_plan(paged)
+            if paged.activations.planned_bytes:
+                metrics["planned_peak_mb"] = paged.activations.planned_bytes / 2**20
             if (step + 1) % spec.eval_every == 0 and step + 1 < spec.steps:
                 metrics.update(self._evaluate(model, paged, data))
             ctx.report(step, metrics)
@@ -317,6 +411,8 @@ class _Run:
             "stall_s": report.stall_s, "prefetch_hits": report.prefetch_hits, "demand_fetches": report.demand_fetches,
             "max_resident_bytes": report.max_resident_bytes, "activation_peak_bytes": report.activation_peak_bytes,
             "worker_peak_rss_bytes": peak_rss_bytes(), "ps_peak_rss_bytes": [s.peak_rss_bytes for s in stats],
+            "activations_planned": paged.activations.stats.planned,
+            "activations_unplanned": paged.activations.stats.unplanned,
         }
         result.update(evaluation)
         return result

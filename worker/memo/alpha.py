@@ -85,14 +85,16 @@ def measure_layer(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: tor
     import torch.nn.functional as F
 
     seen: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in layer.parameters()}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        seen.setdefault(storage.data_ptr(), storage.nbytes())
+        if storage.data_ptr() not in weights:
+            seen.setdefault(storage.data_ptr(), storage.nbytes())
         return t
 
     x = x.detach().requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         q, k, v = layer.attention_inputs(x, cos, sin)
         attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         layer.attention_output(x, attended)
