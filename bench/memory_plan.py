@@ -6,8 +6,8 @@ the best-fit peak, the planner's peak (best fit -> canonical search -> MIP withi
 caching allocator's reserved bytes (frees in lifetime order) and the solve time. Instances above --max-search
 buffers get best fit and the lower bound only. IREE's files have inclusive lifetimes and are converted.
 
-Traces: forward + backward of a small Transformer (embedding, TransformerEncoderLayer stack, classifier) recorded
-on CPU by worker/memory_trace.py at three sequence lengths. Sizes are rounded up to the allocator's 512-byte
+Traces: forward + backward of the LM (lm.transformer's model) recorded on CPU by worker/memory_trace.py at three
+sequence lengths. Sizes are rounded up to the allocator's 512-byte
 granule for every contender. Each trace is planned flat (plan_memory) and bi-level (MEMO, layers as windows), and
 replayed through the caching-allocator emulation. To add traces, add a function to TRACE_SOURCES.
 
@@ -84,33 +84,23 @@ def bench_dsa(root: Path, time_limit: float, max_search: int) -> dict[str, float
     return {"challenging_instances": challenging, "challenging_within_1pct": within, "max_solve_s": max_solve}
 
 
-def transformer_traces() -> Iterator[tuple[str, "MemoryTrace", list[str]]]:
-    """Forward + backward of embedding -> 4 TransformerEncoderLayers (d 256, 4 heads, ff 1024) -> classifier at
-    three sequence lengths, batch 4; yields (name, trace, layer names)."""
+def lm_traces() -> Iterator[tuple[str, "MemoryTrace", list[str]]]:
+    """Forward + backward of the lm.transformer model (Llama architecture, 4 layers of width 256, GQA, SwiGLU,
+    vocabulary 4096) at three sequence lengths, batch 4; yields (name, trace, layer names)."""
     import torch
+    from seraphim.algorithms.transformer.model import PRESETS, TransformerConfig, build_model
     from seraphim.worker.memory_trace import record_memory
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    vocab, width, depth = 1000, 256, 4
-    embed = torch.nn.Embedding(vocab, width)
-    layers = torch.nn.ModuleList(torch.nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, batch_first=True)
-                                 for _ in range(depth))
-    head = torch.nn.Linear(width, vocab)
-
-    def step(tokens: "torch.Tensor") -> None:
-        x = embed(tokens)                                   # (B, S, D)
-        for layer in layers:
-            x = layer(x)                                    # (B, S, D)
-        logits = head(x)                                    # (B, S, V)
-        torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten()).backward()
-
-    names = {f"layer{k}": layer for k, layer in enumerate(layers)}
+    model = build_model(TransformerConfig(**PRESETS["lm-small"]))
+    names = {f"layer{k}": layer for k, layer in enumerate(model.model.layers)}
     for seq in (128, 256, 512):
-        tokens = torch.randint(0, vocab, (4, seq))
-        yield f"transformer_s{seq}", record_memory(lambda: step(tokens), layers=names), list(names)
+        tokens = torch.randint(0, model.config.vocab_size, (4, seq + 1))
+        yield (f"lm_s{seq}", record_memory(lambda: model(tokens[:, :-1], tokens[:, 1:]).backward(), layers=names),
+               list(names))
 
 
-TRACE_SOURCES: list[Callable[[], Iterator[tuple[str, "MemoryTrace", list[str]]]]] = [transformer_traces]
+TRACE_SOURCES: list[Callable[[], Iterator[tuple[str, "MemoryTrace", list[str]]]]] = [lm_traces]
 
 
 def bench_traces(time_limit: float) -> dict[str, float]:
