@@ -24,6 +24,7 @@ ALGORITHM_MODULES: dict[str, str] = {
     "gnn.gamlp": "seraphim.algorithms.gnn.job",
     "gnn.pasca": "seraphim.algorithms.gnn.search",
     "vfl.blindfl": "seraphim.algorithms.vfl.job",
+    "beamvq": "seraphim.algorithms.beamvq.job",
 }
 
 _REGISTRY: dict[str, type["Job"]] = {}
