@@ -128,21 +128,25 @@ class SimVP(Forecaster):
 
 
 class SpectralConv(nn.Module):
-    """``F⁻¹(R · F(v))`` over the lowest ``modes`` Fourier modes in each direction (both signs along y)."""
+    """``F⁻¹(R · F(v))`` over the lowest ``modes`` Fourier modes in each direction (both signs along y).
+
+    The complex weights are kept as real pairs (``[..., 2]``): a parameter store of real numbers (PSParameters)
+    would otherwise drop their imaginary parts."""
 
     def __init__(self, width: int, modes: int) -> None:
         super().__init__()
         self.modes = modes
         scale = 1.0 / (width * width)
-        self.weight = nn.Parameter(scale * torch.randn(2, width, width, modes, modes, dtype=torch.cfloat))
+        self.weight = nn.Parameter(scale * torch.rand(2, width, width, modes, modes, 2))
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         b, c, h, w = v.shape
         m = self.modes
+        weight = torch.view_as_complex(self.weight)
         spec = torch.fft.rfft2(v)
         out = torch.zeros(b, c, h, w // 2 + 1, dtype=spec.dtype)
-        out[:, :, :m, :m] = torch.einsum("bixy,ioxy->boxy", spec[:, :, :m, :m], self.weight[0])
-        out[:, :, -m:, :m] = torch.einsum("bixy,ioxy->boxy", spec[:, :, -m:, :m], self.weight[1])
+        out[:, :, :m, :m] = torch.einsum("bixy,ioxy->boxy", spec[:, :, :m, :m], weight[0])
+        out[:, :, -m:, :m] = torch.einsum("bixy,ioxy->boxy", spec[:, :, -m:, :m], weight[1])
         return torch.fft.irfft2(out, s=(h, w))
 
 

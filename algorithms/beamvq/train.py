@@ -138,7 +138,7 @@ class TrainConfig:
     warmup: float = 0.5  # fraction of the steps before the first round
     beam_inputs: int = 32  # training windows starting beams, per round and worker
     pool_inputs: int = 32  # pool windows starting beams, per round and worker
-    weights: Mapping[str, float] = field(default_factory=dict)  # physics metric -> weight (default 1); "mse" too
+    weights: Mapping[str, float] = field(default_factory=dict)  # metric -> filter weight (physics.DEFAULT_WEIGHTS, else 1)
     seed: int = 0
 
     def __post_init__(self) -> None:
