@@ -196,8 +196,8 @@ def run_beamvq(spec: BeamVQSpec, ctx: JobContext) -> dict[str, Any]:
     if bank is not None:
         _init_bank(bank, model, data, ctx, t.seed)
         initial = bank.stats.copy()
-    else:
-        ctx.ps.clock()
+    elif ctx.start_step == 0:
+        ctx.ps.clock()  # clock 1 exists in every run, so steps end at the same clocks with or without a bank
     config = spec.train_config()
     progress = _Progress(ctx, model, data, config.rounds)
     start = time.perf_counter()

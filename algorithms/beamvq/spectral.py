@@ -41,11 +41,6 @@ class Grid:
         shell = torch.sqrt(mx**2 + my**2).round().to(torch.int64)
         return cls(n, kx, ky, k2, k2_safe, dealias, shell)
 
-    def to(self, dtype: torch.dtype) -> "Grid":
-        cast = lambda t: t.to(dtype)  # noqa: E731 - the float fields, one cast each
-        return Grid(self.n, cast(self.kx), cast(self.ky), cast(self.k2), cast(self.k2_safe), cast(self.dealias),
-                    self.shell)
-
 
 _GRIDS: dict[tuple[int, torch.dtype], Grid] = {}
 

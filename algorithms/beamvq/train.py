@@ -159,7 +159,6 @@ class TrainingSet:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y = [x], [y]
-        self.real = len(x)
         self._cat: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
