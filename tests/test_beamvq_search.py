@@ -62,3 +62,18 @@ def test_without_the_filter_every_candidate_is_kept_and_nothing_is_scored():
         beam_search(propose, x, BeamConfig())
     with pytest.raises(ValueError, match=r"beam.keep \(3\) cannot exceed beam.width \(2\)"):
         BeamConfig(width=2, keep=3)
+
+
+def test_every_rollout_step_is_scored_against_the_real_input_not_the_beams_last_forecast():
+    x = torch.full((2, 2, 1, 1, 1), 7.0)
+    contexts = []
+
+    def score(cands: torch.Tensor, context: torch.Tensor, truth: torch.Tensor | None) -> torch.Tensor:
+        contexts.append(context[:, 0, 0, 0].clone())
+        return (cands[:, 0, 0, 0, 0] - context[:, 0, 0, 0] - 1).abs()  # the input's value + 1 costs nothing
+
+    result = beam_search(propose, x, BeamConfig(width=2, top_k=3, horizon=3, keep=1), score)
+    assert len(contexts) == 3 and all(torch.equal(c, torch.full_like(c, 7.0)) for c in contexts)
+    # the best path climbs 8, 9, 10: held to the real 7 its steps cost 0, 1, 2 (held to its own last frame: 0, 0, 0)
+    torch.testing.assert_close(result.best[:, ::2, 0, 0, 0], torch.tensor([[8.0, 9.0, 10.0]] * 2))
+    torch.testing.assert_close(result.costs, torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 2.0], dtype=torch.float64))

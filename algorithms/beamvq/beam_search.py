@@ -4,9 +4,9 @@
     result.inputs, result.targets   # the (input window, candidate) pairs self-training adds to the training set
 
 Each of the ``N`` inputs starts one beam. At every rollout step each beam's ``T_in``-frame window yields ``top_k``
-candidate forecasts; ``score(candidates, context, truth_step)`` gives each a cost (lower is better) and a beam's
-cost is the sum over its steps; the ``width`` cheapest of the ``beams × top_k`` extensions go on, their windows
-rolled forward by the candidate frames.
+candidate forecasts; ``score(candidates, context, truth_step)`` gives each a cost (lower is better; the context is
+the input's last real frame) and a beam's cost is the sum over its steps; the ``width`` cheapest of the
+``beams × top_k`` extensions go on, their windows rolled forward by the candidate frames.
 
 What is kept for self-training: with the filter, the ``keep`` cheapest extensions of every input at every step
 (the heads of the best beams), each paired with the window it was forecast from; that window is model-generated
@@ -24,8 +24,10 @@ import torch
 
 #: (inputs [M, T_in, C, H, W], top_k) -> candidates [M, top_k, T_out, C, H, W]
 Propose = Callable[[torch.Tensor, int], torch.Tensor]
-#: (candidates [M, T_out, C, H, W], context [M, C, H, W] (the last input frame), truth [M, T_out, C, H, W] or None)
-#: -> cost [M], lower is better
+#: (candidates [M, T_out, C, H, W], context [M, C, H, W], truth [M, T_out, C, H, W] or None) -> cost [M], lower is
+#: better. The context is the last frame of the *real* input at every rollout step, not the beam's last forecast
+#: frame: conserved (mass) and steady (energy) quantities are held to the real state, so a drift cannot accumulate
+#: along a beam one step at a time.
 Score = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
@@ -80,7 +82,7 @@ def beam_search(propose: Propose, x: torch.Tensor, config: BeamConfig, score: Sc
         parent = torch.arange(beams * config.top_k).div(config.top_k, rounding_mode="floor").expand(n, -1)
         parent_windows = _gather(windows, parent)  # [N, B·K, T_in, ...]
         if config.filter:
-            context = parent_windows[:, :, -1].flatten(0, 1)
+            context = x[:, None, -1].expand(-1, beams * config.top_k, *x.shape[2:]).flatten(0, 1)
             step_truth = None
             if truth is not None:
                 frames = truth[:, step * t_out:(step + 1) * t_out]

@@ -1,9 +1,10 @@
 """Training a forecaster alone or with BeamVQ's self-training, on the same data and the same optimizer steps.
 
     data = ForecastData.build(fields, SplitSpec(train=24, pool=8, test=8), WindowSpec(t_in=4, t_out=4))
-    model = BeamVQModel(build_backbone("simvp", data.shape), CodeBank(LocalStore(256, 16)))
-    history = fit(model, LocalStepper(model, lr=2e-3, steps=600), data, TrainConfig(steps=600),
-                  BeamConfig(width=2, top_k=4, horizon=2, keep=1, filter=True))
+    model = BeamVQModel(build_backbone("simvp", data.shape), CodeBank(LocalStore(codes=256, dim=4)))
+    model.bank.initialize(model.backbone.encode(data.train_x[:64]), seed=0)   # codes start at encoder outputs
+    rounds = fit(model, LocalStepper(model, lr=2e-3, steps=600), data, TrainConfig(steps=600),
+                 BeamConfig(width=2, top_k=4, horizon=2, keep=1, filter=True))
     evaluate(model, data)   # {"mse": ..., "skill": ..., "physics": ..., "physics_divergence": ...}
 
 **Compute is matched in optimizer steps.** Every variant takes ``config.steps`` steps of ``batch_size`` samples.
