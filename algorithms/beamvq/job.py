@@ -171,6 +171,7 @@ def _init_bank(bank: CodeBank, model: BeamVQModel, data: ForecastData, ctx: JobC
 
 
 def run_beamvq(spec: BeamVQSpec, ctx: JobContext) -> dict[str, Any]:
+    """Train this worker's share with the model and the code bank on the PS; return the test scores and timings."""
     if any(h.staleness != 0 for h in ctx.ps.health()):
         raise FieldsError("beamvq jobs need consistency.staleness: 0: the code bank's EMA pushes combine exactly "
                           "only when every worker reads the rows of the same step")
@@ -217,7 +218,8 @@ def run_beamvq(spec: BeamVQSpec, ctx: JobContext) -> dict[str, Any]:
         if ctx.rank == 0:
             atomic_write(bank_dir / "initial.npy", lambda f: np.save(f, initial))
             atomic_write(bank_dir / "final.npy", lambda f: np.save(f, bank.stats))
-        out["code_perplexity"] = bank.usage(bank.nearest(model.backbone.encode(data.test_x), 1)[:, 0])
+        with torch.no_grad():
+            out["code_perplexity"] = bank.usage(bank.nearest(model.backbone.encode(data.test_x), 1)[:, 0])
     if ctx.rank == 0:
         denorm = data.normalizer.denormalize
         pred = model.rollout(data.test_x[:1], data.test_future.shape[1] // data.shape.t_out)
