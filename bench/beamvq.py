@@ -15,7 +15,8 @@ seed), the same number of optimizer steps (``--steps``, batch ``--batch-size``, 
 
 Scored on the test trajectories by a ``--eval-steps`` rollout: ``mse`` (standardized fields), ``skill`` (1 − mse /
 the MSE of holding the last input frame: persistence), each physics metric against the truth (``physics_*``, lower
-is better) and their mean ``physics``. Figures are means over seeds, ``_sd`` their standard deviation. At the end:
+is better) and their mean ``physics``, each as ``<dataset>_<backbone>_<metric>_<variant>: mean (sd ...)`` over the
+seeds. At the end:
 ``pairs_total`` (dataset × backbone), ``pairs_physics_improved`` and ``pairs_skill_improved`` (BeamVQ's mean better
 than the backbone's), ``pair_metrics_improved`` of ``pair_metrics_total`` (each physics metric of each pair on its
 own), the same two counts for the filter against no filter, and the wall time.
@@ -129,11 +130,10 @@ def main() -> None:
             for name in names:
                 for variant in VARIANTS:
                     mean, sd = summary[variant][name]
-                    print(f"{dataset}_{backbone}_{name}_{variant}: {mean:.4f}")
-                    print(f"{dataset}_{backbone}_{name}_{variant}_sd: {sd:.4f}")
+                    print(f"{dataset}_{backbone}_{name}_{variant}: {mean:.4f} (sd {sd:.4f})")
             for variant in VARIANTS:
                 print(f"{dataset}_{backbone}_seconds_{variant}: {seconds[variant] / args.seeds:.1f}")
-            print(f"{dataset}_{backbone}_skill_ratio_beamvq_vs_backbone: "
+            print(f"{dataset}_{backbone}_beamvq_vs_backbone_skill_ratio: "
                   f"{summary['beamvq']['skill'][0] / summary['backbone']['skill'][0]:.3f}", flush=True)
     pairs = list(table.values())
     layouts = [LAYOUT_OF_KIND[dataset] for dataset, _ in table]
