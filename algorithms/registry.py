@@ -24,6 +24,7 @@ ALGORITHM_MODULES: dict[str, str] = {
     "gnn.gamlp": "seraphim.algorithms.gnn.job",
     "gnn.pasca": "seraphim.algorithms.gnn.search",
     "vfl.blindfl": "seraphim.algorithms.vfl.job",
+    "beamvq": "seraphim.algorithms.beamvq.job",
     "lm.transformer": "seraphim.algorithms.transformer.job",
     "lr_scaling.sweep": "seraphim.algorithms.lr_scaling_sweep",
     "lr_scaling.trial": "seraphim.algorithms.lr_scaling_trial",
