@@ -42,6 +42,10 @@ class HopTables:
         """Rows ``ids`` of hop ``level``: float32 [len(ids), dim]."""
         return self.tables[level].pull(ids)
 
+    def read_async(self, level: int, ids: np.ndarray) -> Future:
+        """Like read, but returns at once a Future of the rows (the next block's pull while this one computes)."""
+        return self.tables[level].pull_async(ids)
+
     def read_levels(self, ids: np.ndarray, levels: range | None = None) -> list[np.ndarray]:
         """Rows ``ids`` of several hops, every pull in flight at once."""
         futures = [self.tables[l].pull_async(ids) for l in (levels or range(self.levels))]
