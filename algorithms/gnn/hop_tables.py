@@ -21,7 +21,7 @@ class HopTables:
     def __init__(self, ps: PSClient, name: str, num_nodes: int, dim: int, levels: int) -> None:
         if levels < 1:
             raise GraphError(f"hop tables {name!r} need at least one level, got {levels}")
-        self.name, self.num_nodes, self.dim = name, num_nodes, dim
+        self.ps, self.name, self.num_nodes, self.dim = ps, name, num_nodes, dim
         self.tables: list[DenseTable] = [ps.dense_table(f"{name}_hop{l}", (num_nodes, dim)) for l in range(levels)]
 
     @property
@@ -37,6 +37,10 @@ class HopTables:
         """Store ``values`` as rows ``lo..lo+len(values)-1`` of hop ``level`` (asynchronously; clock() waits)."""
         keys = np.arange(lo, lo + len(values), dtype=np.int64)
         return self.tables[level].push_async(keys, np.ascontiguousarray(values, dtype=np.float32), mode="assign")
+
+    def flush(self) -> None:
+        """Wait until every write issued so far is on the PS."""
+        self.ps.flush()
 
     def read(self, level: int, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` of hop ``level``: float32 [len(ids), dim]."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ from seraphim.algorithms.gnn import models
 from seraphim.algorithms.gnn.csr import GraphError
 from seraphim.algorithms.gnn.graph_source import GraphData, GraphSourceSpec, open_graph, worker_ranges
 from seraphim.algorithms.gnn.hop_tables import HopTables
-from seraphim.algorithms.gnn.ps_propagation import propagate_partition
+from seraphim.algorithms.gnn.ps_propagation import HopTiming, propagate_partition
 from seraphim.algorithms.gnn.source_tiles import SourceTiles, source_tiles
 from seraphim.algorithms.gnn.train import CachedHops, HopSource, RLUConfig, Share, Split, TrainConfig, fit
 from seraphim.algorithms.registry import Job, JobContext, register
@@ -137,7 +138,7 @@ class _Run:
         self.step = ctx.start_step
         self.hops_total = spec.propagation.hops + spec.propagation.label_hops
         self.propagation_s = 0.0
-        self.hop_s: dict[str, list[float]] = {}
+        self.hop_s: dict[str, list[dict[str, float]]] = {}
         self.eval_times: list[float] = []
         self.label_round = 0
         self.hop_bytes = 0
@@ -158,12 +159,12 @@ class _Run:
         tables.write(0, self.lo, seed_rows)
         self.barrier()
 
-        seconds_of = self.hop_s.setdefault(tables.name, [])
+        timings = self.hop_s.setdefault(tables.name, [])
 
-        def done(level: int, seconds: float) -> None:
-            seconds_of.append(seconds)
-            self.ctx.report(self.step - 1, {"hop": hop_offset + level, "hops_total": self.hops_total,
-                                            "hop_seconds": seconds})
+        def done(timing: HopTiming) -> None:
+            timings.append(asdict(timing))
+            self.ctx.report(self.step - 1, {"hop": hop_offset + timing.level, "hops_total": self.hops_total,
+                                            "hop_seconds": timing.seconds})
 
         teleport = p.alpha if p.operator == "ppr" and hop_offset == 0 else 0.0
         propagate_partition(self.data.graph, tables, self.lo, self.hi, p.r, self.barrier, teleport,
@@ -273,6 +274,7 @@ def run_gnn(spec: GNNSpec, ctx: JobContext) -> dict[str, Any]:
         "propagation_s": run.propagation_s, "hop_s": run.hop_s, "train_s": train_s,
         "epoch_s": [b - a for a, b in zip(train_start, run.eval_times)],
         "hop_cache_bytes": run.feature_cache_bytes, "worker_peak_rss_bytes": peak_rss_bytes(),
+        "worker_cpu_s": time.process_time(),
     }
     if ctx.rank == 0:
         stats = ctx.ps.stats()
