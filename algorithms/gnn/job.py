@@ -156,7 +156,7 @@ class _Run:
         p = self.spec.propagation
         start = time.perf_counter()
         self.hop_bytes += tables.nbytes
-        tables.write(0, self.lo, seed_rows)
+        tables.write(0, self.lo, seed_rows)        # a memory map of the features: read piece by piece
         self.barrier()
 
         timings = self.hop_s.setdefault(tables.name, [])
@@ -189,7 +189,7 @@ class _Run:
     def features(self) -> HopSource:
         d = self.data
         tables = HopTables(self.ps, "gnn_x", d.graph.num_nodes, d.features.shape[1], self.spec.propagation.hops + 1)
-        self._propagate(tables, np.asarray(d.features[self.lo:self.hi], dtype=np.float32), 0)
+        self._propagate(tables, d.features[self.lo:self.hi], 0)
         hops = self.cached(PSHops(tables, range(tables.levels)), self.cache_budget)
         if isinstance(hops, CachedHops):
             self.feature_cache_bytes = hops.nbytes

@@ -38,12 +38,12 @@ Scales = tuple[np.ndarray, np.ndarray]  #: (row_scale, col_scale) = (D̃^(r-1), 
 _CHUNKS_PER_THREAD = 16  #: parallel work items per thread; each holds about the same number of edges
 #: edges ahead whose source row (and scale) the kernel prefetches: the gathers are random DRAM reads, and issuing
 #: them early doubled edges/s on a 1M-node R-MAT graph (d=64); 32 and 64 measured alike, 8-16 gave less.
-_PREFETCH_EDGES = 32
+PREFETCH_EDGES = 32
 
 
 # ----------------------------------------------------------------------------------------------------- kernels
 @intrinsic
-def _prefetch(typingctx, arr):
+def prefetch_line(typingctx, arr):
     """Hint the CPU to fetch the cache line holding arr's first element (llvm.prefetch: read, keep in all levels)."""
     if not isinstance(arr, types.Array):
         return None
@@ -80,18 +80,18 @@ def _tilde_degrees(indptr, indices):
 @njit(cache=True, nogil=True)
 def _accumulate(indptr, indices, i, s, col_scale, x, acc, prefetch_end):
     """acc = (Ã (col_scale ⊙ x)) for graph row i, whose own row sits at position s of x; prefetches the rows of
-    the edges _PREFETCH_EDGES ahead as long as they lie before prefetch_end."""
+    the edges PREFETCH_EDGES ahead as long as they lie before prefetch_end."""
     d = x.shape[1]
     w = col_scale[s]
     for f in range(d):
         acc[f] = w * x[s, f]
     for e in range(indptr[i], indptr[i + 1]):
-        if e + _PREFETCH_EDGES < prefetch_end:
-            q = indices[e + _PREFETCH_EDGES]
-            _prefetch(col_scale[q:])
+        if e + PREFETCH_EDGES < prefetch_end:
+            q = indices[e + PREFETCH_EDGES]
+            prefetch_line(col_scale[q:])
             for f in range(0, d, 16):
-                _prefetch(x[q, f:])
-            _prefetch(x[q, d - 1:])
+                prefetch_line(x[q, f:])
+            prefetch_line(x[q, d - 1:])
         j = indices[e]
         if j != s:
             w = col_scale[j]

@@ -3,8 +3,8 @@
 Hop ``l`` of rows ``[lo, hi)`` needs hop ``l-1`` of every source those rows list. A worker builds its
 :class:`~seraphim.algorithms.gnn.source_tiles.SourceTiles` once (its entries of ``Ã`` cut by source range) and,
 at every hop, pulls each tile's distinct sources once (the next tile's pull in flight while this one is added),
-adds them into one accumulator for its rows, scales, and writes its rows of hop ``l`` in pieces of
-``write_rows``. So a worker reads each source row at most once per hop whatever the graph's locality, and holds
+adds them into one accumulator for its rows, scales, and writes its rows of hop ``l`` (``HopTables.write`` sends
+them in pieces). So a worker reads each source row at most once per hop whatever the graph's locality, and holds
 its accumulator, its tiles' entries and two tiles of rows. A barrier (the PS clock under BSP) separates hops, so
 nobody reads a hop before every worker has written it.
 """
@@ -18,10 +18,8 @@ from typing import Callable
 import numpy as np
 
 from seraphim.algorithms.gnn.csr import CSRGraph, GraphError
-from seraphim.algorithms.gnn.hop_tables import HopTables
+from seraphim.algorithms.gnn.hop_tables import WRITE_ROWS, HopTables
 from seraphim.algorithms.gnn.source_tiles import SourceTiles, source_tiles
-
-WRITE_ROWS = 65536  #: rows per write to the PS: bounds the encoded requests in flight
 
 
 @dataclass(frozen=True)
@@ -70,12 +68,12 @@ def propagate_partition(graph: CSRGraph, tables: HopTables, lo: int, hi: int, r:
             wait_s, add_s = wait_s + t1 - t0, add_s + time.perf_counter() - t1
         written = time.perf_counter()
         out = tiles.finish(acc)
-        for w0 in range(0, hi - lo, WRITE_ROWS):
-            piece = out[w0:w0 + WRITE_ROWS]
-            if teleport:
-                piece *= np.float32(1.0 - teleport)
-                piece += np.float32(teleport) * tables.read(0, np.arange(lo + w0, lo + w0 + len(piece)))
-            tables.write(level, lo + w0, piece)
+        if teleport:
+            out *= np.float32(1.0 - teleport)
+            for w0 in range(0, hi - lo, WRITE_ROWS):
+                own = np.arange(lo + w0, min(lo + w0 + WRITE_ROWS, hi), dtype=np.int64)
+                out[w0:w0 + len(own)] += np.float32(teleport) * tables.read(0, own)
+        tables.write(level, lo, out)
         del acc, out
         tables.flush()
         arrived = time.perf_counter()

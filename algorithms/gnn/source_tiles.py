@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from seraphim.algorithms.gnn.csr import CSRGraph, GraphError
-from seraphim.algorithms.gnn.propagation import Scales, normalization
+from seraphim.algorithms.gnn.propagation import PREFETCH_EDGES, Scales, normalization, prefetch_line
 
 __all__ = ["SourceTiles", "source_tiles"]
 
@@ -117,16 +117,28 @@ def _localize(ptr, offsets, tile_rows, needed_ptr, needed):  # pragma: no cover 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _add(rows, cols, cuts, scale, x, acc):  # pragma: no cover - compiled
-    """acc[rows[k]] += scale[cols[k]] * x[cols[k]] for every entry; pieces end where a row ends, so no two threads
-    write one row."""
+    """acc[rows[k]] += scale[cols[k]] * x[cols[k]] for every entry. A row's entries are summed in a private buffer
+    and added to acc once; the source rows PREFETCH_EDGES entries ahead are prefetched (they are random reads
+    over the tile, as in propagation's kernel). Pieces end where a row ends, so no two threads write one row."""
     d = x.shape[1]
     for c in prange(len(cuts) - 1):
-        for k in range(cuts[c], cuts[c + 1]):
+        buf = np.empty(d, np.float32)
+        k, end = cuts[c], cuts[c + 1]
+        while k < end:
             r = rows[k]
-            q = cols[k]
-            w = scale[q]
+            buf[:] = 0.0
+            while k < end and rows[k] == r:
+                if k + PREFETCH_EDGES < end:
+                    ahead = cols[k + PREFETCH_EDGES]
+                    for f in range(0, d, 16):
+                        prefetch_line(x[ahead, f:])
+                q = cols[k]
+                w = scale[q]
+                for f in range(d):
+                    buf[f] += w * x[q, f]
+                k += 1
             for f in range(d):
-                acc[r, f] += w * x[q, f]
+                acc[r, f] += buf[f]
 
 
 @dataclass(frozen=True)
