@@ -302,7 +302,7 @@ def test_cached_hops_pull_their_ids_once_and_answer_any_id_like_the_source(small
     levels = LaplacianOp(2)(graph, x)
     source = CountingHops(InMemoryHops(levels))
     kept = np.concatenate([split.valid, split.train, split.train[:9]])      # any order, repeats
-    cache = CachedHops(source, kept, rows_per_fetch=100)
+    cache = CachedHops.pull(source, kept, rows_per_fetch=100)
     unique = len(split.train) + len(split.valid)
     assert cache.nbytes == unique * 3 * 16 * 4
     assert len(source.asked) == -(-unique // 100)

@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from seraphim.algorithms.gnn import models
 from seraphim.algorithms.gnn.csr import GraphError
+from seraphim.algorithms.gnn.graph_io import iter_chunks
 from seraphim.algorithms.gnn.graph_source import GraphData, GraphSourceSpec, open_graph, worker_ranges
-from seraphim.algorithms.gnn.hop_tables import HopTables
+from seraphim.algorithms.gnn.hop_tables import WRITE_ROWS, HopTables
 from seraphim.algorithms.gnn.ps_propagation import HopTiming, propagate_partition
 from seraphim.algorithms.gnn.source_tiles import SourceTiles, source_tiles
 from seraphim.algorithms.gnn.train import CachedHops, HopSource, RLUConfig, Share, Split, TrainConfig, fit
@@ -142,8 +143,8 @@ class _Run:
         self.eval_times: list[float] = []
         self.label_round = 0
         self.hop_bytes = 0
-        self.split_ids = np.concatenate([np.asarray(data.train_idx), np.asarray(data.valid_idx),
-                                         np.asarray(data.test_idx)])
+        self.split_ids = np.unique(np.concatenate([np.asarray(data.train_idx), np.asarray(data.valid_idx),
+                                                   np.asarray(data.test_idx)]))
         self.cache_budget = int(spec.training.hop_cache_mb * 2**20)
         self.feature_cache_bytes = 0
 
@@ -151,48 +152,57 @@ class _Run:
         self.ps.clock()
         self.step += 1
 
-    def _propagate(self, tables: HopTables, seed_rows: np.ndarray, hop_offset: int) -> None:
-        """Store this range's seed as level 0, then every hop; each is one clock step."""
+    def _propagate(self, tables: HopTables, seed_rows: np.ndarray, hop_offset: int, read: range) -> HopSource:
+        """Store this range's seed as level 0, then every hop, each one clock step; returns the training source over
+        the levels ``read``: the split's rows of each, copied into RAM as soon as the level is complete on every
+        worker (while its pages are fresh on the PS) when they fit what is left of ``training.hop_cache_mb``, else
+        the PS tables themselves."""
         p = self.spec.propagation
         start = time.perf_counter()
         self.hop_bytes += tables.nbytes
+        source = PSHops(tables, read)
+        keep = self._cache_plan(source)
         tables.write(0, self.lo, seed_rows)        # a memory map of the features: read piece by piece
         self.barrier()
-
         timings = self.hop_s.setdefault(tables.name, [])
 
+        def copy_split_rows(level: int) -> None:
+            if keep is not None and level in read:
+                for c0, c1 in iter_chunks(len(self.split_ids), WRITE_ROWS):
+                    keep[c0:c1, level - read.start] = tables.read(level, self.split_ids[c0:c1])
+
         def done(timing: HopTiming) -> None:
+            copy_split_rows(timing.level)
             timings.append(asdict(timing))
             self.ctx.report(self.step - 1, {"hop": hop_offset + timing.level, "hops_total": self.hops_total,
                                             "hop_seconds": timing.seconds})
 
+        copy_split_rows(0)
         teleport = p.alpha if p.operator == "ppr" and hop_offset == 0 else 0.0
         propagate_partition(self.data.graph, tables, self.lo, self.hi, p.r, self.barrier, teleport,
                             on_level=done, tiles=self.tiles)
         self.propagation_s += time.perf_counter() - start
+        return source if keep is None else CachedHops(source, self.split_ids, keep)
 
-    def cached(self, source: PSHops, budget: int) -> HopSource:
-        """The split's rows of ``source`` pulled once into RAM when they fit in ``budget`` bytes, else ``source``."""
+    def _cache_plan(self, source: PSHops) -> np.ndarray | None:
+        """RAM for the split's rows of ``source`` when they fit what is left of the budget (features first)."""
         need = len(self.split_ids) * source.row_bytes
+        budget = self.cache_budget - self.feature_cache_bytes
         what = (f"{source.tables.name} ({len(self.split_ids)} split nodes x {source.row_bytes} B = "
                 f"{need / 2**20:.1f} MiB)")
         if need > budget:
             self.ctx.log.info("rank %d reads %s from the PS at every batch: over the %.1f MiB left of "
                               "training.hop_cache_mb", self.ctx.rank, what, budget / 2**20)
-            return source
-        start = time.perf_counter()
-        cache = CachedHops(source, self.split_ids)
-        self.ctx.log.info("rank %d holds %s in RAM, pulled once in %.2fs", self.ctx.rank, what,
-                          time.perf_counter() - start)
-        return cache
+            return None
+        self.ctx.log.info("rank %d holds %s in RAM, copied as each level completes", self.ctx.rank, what)
+        return np.empty((len(self.split_ids), len(source.levels), source.tables.dim), np.float32)
 
     def features(self) -> HopSource:
         d = self.data
         tables = HopTables(self.ps, "gnn_x", d.graph.num_nodes, d.features.shape[1], self.spec.propagation.hops + 1)
-        self._propagate(tables, d.features[self.lo:self.hi], 0)
-        hops = self.cached(PSHops(tables, range(tables.levels)), self.cache_budget)
+        hops = self._propagate(tables, d.features[self.lo:self.hi], 0, range(tables.levels))
         if isinstance(hops, CachedHops):
-            self.feature_cache_bytes = hops.nbytes
+            self.feature_cache_bytes = hops.stacked.nbytes
         return hops
 
     def label_propagator(self, seed_ids: np.ndarray, seed_rows: np.ndarray) -> HopSource:
@@ -203,9 +213,7 @@ class _Run:
         mine = (seed_ids >= self.lo) & (seed_ids < self.hi)
         seed = np.zeros((self.hi - self.lo, d.num_classes), np.float32)
         seed[seed_ids[mine] - self.lo] = seed_rows[mine]
-        self._propagate(tables, seed, p.hops)
-        return self.cached(PSHops(tables, range(p.label_hops, p.label_hops + 1)),
-                           self.cache_budget - self.feature_cache_bytes)
+        return self._propagate(tables, seed, p.hops, range(p.label_hops, p.label_hops + 1))
 
     def make_optimizer(self, model: torch.nn.Module, stage: int) -> PSOptimizer:
         t = self.spec.training

@@ -62,24 +62,34 @@ class InMemoryHops:
 
 
 class CachedHops:
-    """A :class:`HopSource` that reads the rows of ``ids`` from ``source`` once (``rows_per_fetch`` at a time) and
-    answers from RAM after: training reads the same nodes (the split) every epoch, and a remote source (PS tables)
-    would send them every time. Ids outside the cache are read from ``source``, so any id is answered right."""
+    """A :class:`HopSource` that holds the rows of ``ids`` (sorted, unique) in RAM, ``stacked`` ``[len(ids), L, d]``
+    in level order, and asks ``source`` only for other ids: training reads the same nodes (the split) every epoch,
+    and a remote source (PS tables) would send them every time. :meth:`pull` reads the rows from the source once;
+    the distributed job instead copies each level's rows while the level is fresh on the PS."""
 
-    def __init__(self, source: HopSource, ids: np.ndarray, rows_per_fetch: int = 65536) -> None:
+    def __init__(self, source: HopSource, ids: np.ndarray, stacked: np.ndarray) -> None:
+        if ids.ndim != 1 or len(ids) == 0 or np.any(ids[1:] <= ids[:-1]):
+            raise GraphError("CachedHops needs a non-empty, ascending, repeat-free int64 id vector")
+        if stacked.ndim != 3 or stacked.shape[0] != len(ids):
+            raise GraphError(f"CachedHops rows must be [len(ids)={len(ids)}, levels, dim], got {stacked.shape}")
+        self.source, self.ids, self.stacked = source, ids.astype(np.int64, copy=False), stacked
+
+    @classmethod
+    def pull(cls, source: HopSource, ids: np.ndarray, rows_per_fetch: int = 65536) -> "CachedHops":
+        """The rows of ``ids`` (any order, repeats allowed) read from ``source``, ``rows_per_fetch`` at a time."""
         if rows_per_fetch < 1:
             raise GraphError(f"rows_per_fetch must be >= 1, got {rows_per_fetch}")
-        self.source = source
-        self.ids = np.unique(np.asarray(ids, dtype=np.int64))
-        if len(self.ids) == 0:
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if len(ids) == 0:
             raise GraphError("CachedHops needs at least one node id to cache")
-        self.stacked: np.ndarray | None = None
-        for lo, hi in iter_chunks(len(self.ids), rows_per_fetch):
-            levels = source.fetch(self.ids[lo:hi])
-            if self.stacked is None:
-                self.stacked = np.empty((len(self.ids), len(levels), levels[0].shape[1]), np.float32)
+        stacked: np.ndarray | None = None
+        for lo, hi in iter_chunks(len(ids), rows_per_fetch):
+            levels = source.fetch(ids[lo:hi])
+            if stacked is None:
+                stacked = np.empty((len(ids), len(levels), levels[0].shape[1]), np.float32)
             for l, rows in enumerate(levels):
-                self.stacked[lo:hi, l] = rows
+                stacked[lo:hi, l] = rows
+        return cls(source, ids, stacked)
 
     @property
     def nbytes(self) -> int:
