@@ -81,8 +81,8 @@ class TrainingSpec(BaseModel):
         "best_valid", description="best_valid: early stopping, the best validation epoch's weights (GAMLP, SIGN); "
                                   "last: every epoch, the final weights (SGC's protocol)")
     hop_cache_mb: float = Field(1024.0, ge=0, description="a worker keeps the hop rows of the split's nodes (train, "
-                                "valid, test) in RAM, pulled once, when they fit in this many MiB; otherwise (and "
-                                "with 0) every batch and evaluation reads them from the PS")
+                                "valid, test) in RAM, copied as each level is computed, when they fit in this many "
+                                "MiB; otherwise (and with 0) every batch and evaluation reads them from the PS")
 
 
 class RLUSpec(BaseModel):
@@ -139,7 +139,7 @@ class _Run:
         self.step = ctx.start_step
         self.hops_total = spec.propagation.hops + spec.propagation.label_hops
         self.propagation_s = 0.0
-        self.hop_s: dict[str, list[dict[str, float]]] = {}
+        self.hop_timings: dict[str, list[dict[str, float]]] = {}
         self.eval_times: list[float] = []
         self.label_round = 0
         self.hop_bytes = 0
@@ -164,7 +164,7 @@ class _Run:
         keep = self._cache_plan(source)
         tables.write(0, self.lo, seed_rows)        # a memory map of the features: read piece by piece
         self.barrier()
-        timings = self.hop_s.setdefault(tables.name, [])
+        timings = self.hop_timings.setdefault(tables.name, [])
 
         def copy_split_rows(level: int) -> None:
             if keep is not None and level in read:
@@ -279,7 +279,7 @@ def run_gnn(spec: GNNSpec, ctx: JobContext) -> dict[str, Any]:
                     "confident": 0 if r.teacher is None else int(len(r.teacher.ids))} for r in results],
         "nodes": data.graph.num_nodes, "edges": data.graph.num_edges,
         "open_graph_s": open_graph_s, "graph_timings": data.meta.get("timings", {}), "partition_s": run.partition_s,
-        "propagation_s": run.propagation_s, "hop_s": run.hop_s, "train_s": train_s,
+        "propagation_s": run.propagation_s, "hop_s": run.hop_timings, "train_s": train_s,
         "epoch_s": [b - a for a, b in zip(train_start, run.eval_times)],
         "hop_cache_bytes": run.feature_cache_bytes, "worker_peak_rss_bytes": peak_rss_bytes(),
         "worker_cpu_s": time.process_time(),
