@@ -17,9 +17,10 @@ For each method, over one training step (forward and backward, after a warm-up s
 - ``step_s_*`` (median of --steps) and ``overhead_*`` = step time over no checkpointing's, minus 1.
 
 Targets (the issue's): saved_bytes_memo <= saved_bytes_full_recompute, and overhead_memo <= overhead_full_recompute
-/ 2. MEMO never swaps the last two layers, so its saved peak is about two layers' activations plus one layer's
-recomputation, while full recomputation keeps every layer's input: MEMO holds less from about 18 layers on; the
-default model has 24.
+/ 2. MEMO never swaps the last two layers, and in backward it holds one layer's fetched and recomputed tensors while
+the next layer's are prefetched: its saved peak is a few layers' activations whatever the depth, while full
+recomputation keeps every layer's input, about a twentieth of a layer's activations here. MEMO holds less only past a
+depth, printed as ``layers_where_memo_saves_less`` (from the measured peaks and the bytes of one layer input).
 
     python bench/memo.py [--seq 8192] [--layers 24] [--steps 2] [--quick]
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import tempfile
 import time
@@ -198,6 +200,10 @@ def main() -> None:
             figures[f"overhead_{name}"] = r["step_s"] / none["step_s"] - 1
     figures["tier_bytes_memo"] = tier_bytes
     figures["saved_memo_over_full_recompute"] = figures["saved_bytes_memo"] / figures["saved_bytes_full_recompute"]
+    # full recomputation keeps every layer's input, MEMO's peak does not grow with depth: the depth where they meet
+    layer_input_bytes = a.seq * a.dim * 4
+    figures["layers_where_memo_saves_less"] = a.layers + math.ceil(
+        (figures["saved_bytes_memo"] - figures["saved_bytes_full_recompute"]) / layer_input_bytes)
     figures["overhead_memo_over_full_recompute"] = (figures["overhead_memo"] / figures["overhead_full_recompute"]
                                                      if figures["overhead_full_recompute"] > 0 else float("nan"))
     print_figures(figures)

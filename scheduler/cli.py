@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from seraphim.proto import scheduler_pb2
-from seraphim.proto.errors import SeraphimError
+from seraphim.proto.errors import DeadlineExceeded, SeraphimError, Unavailable
 from seraphim.proto.rpc import TlsFiles, resolve_token
 from seraphim.scheduler.client import SchedulerClient, default_address
 from seraphim.scheduler.embedded import SchedulerProcess
@@ -73,9 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"seraphim: {spec.name} ({spec.algorithm}) is job {job_id}: {spec.cluster.ps} PS, "
               f"{spec.cluster.workers} workers; run directory {status.run_dir}", file=sys.stderr)
         status = follow(client, job_id)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, SIGTERM or a scheduler that stopped answering: the job's processes go too
         if job_id:
-            client.cancel(job_id)
+            _cancel_quietly(client, job_id)
         raise
     finally:
         client.close()
@@ -83,14 +83,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return report_end(status)
 
 
-def follow(client: SchedulerClient, job_id: str) -> scheduler_pb2.JobStatus:
-    """Redraw the progress bar until the job ends; print the job's events as they happen."""
+def _cancel_quietly(client: SchedulerClient, job_id: str) -> None:
+    """Cancel a job on the way out of `seraphim run`; a scheduler that cannot be reached is already stopping."""
+    try:
+        client.cancel(job_id)
+    except SeraphimError as exc:
+        print(f"seraphim: could not cancel job {job_id}: {exc}", file=sys.stderr)
+
+
+def follow(client: SchedulerClient, job_id: str, patience_s: float = 60.0) -> scheduler_pb2.JobStatus:
+    """Redraw the progress bar until the job ends; print the job's events as they happen. A scheduler busy past an
+    RPC deadline or briefly unreachable is asked again for up to patience_s before the run gives up."""
     status = client.job(job_id)
     bar = ProgressBar(status.total_steps)
     events = 0
+    failing_since: float | None = None
     while True:
-        status = client.job(job_id)
-        lines = [line for chunk in client.logs(job_id, source="job") for line in chunk.text.splitlines()]
+        try:
+            status = client.job(job_id)
+            lines = [line for chunk in client.logs(job_id, source="job") for line in chunk.text.splitlines()]
+            failing_since = None
+        except (DeadlineExceeded, Unavailable):
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since > patience_s:
+                raise
+            time.sleep(1.0)
+            continue
         for line in lines[events:]:
             if _NOTABLE.search(line):
                 bar.note(line)

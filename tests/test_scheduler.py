@@ -253,24 +253,35 @@ def test_ctrl_c_on_run_cancels_the_job_and_stops_every_process(tmp_path):
         while not (metrics.exists() and any(metrics.iterdir())):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        import sqlite3
-
-        with sqlite3.connect(db) as conn:
-            pids = [pid for (pid,) in conn.execute("SELECT pid FROM nodes")]
+        pids = _node_pids(db)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=150)
         assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
         from seraphim.scheduler.launchers import process_alive
 
         assert len(pids) == 4 and not any(process_alive(p) for p in pids)
-    finally:
+    finally:  # a failure above must not leave the run, its scheduler or the job's processes behind
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in pids:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        for pid in pids or _node_pids(db):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _node_pids(db: Path) -> list[int]:
+    """The pids of a job's processes, from the scheduler's store (none when it was never written)."""
+    import sqlite3
+
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        return [pid for (pid,) in conn.execute("SELECT pid FROM nodes")]
 
 
 def test_logs_follow_streams_until_the_job_ends(tmp_path, scheduler_factory):

@@ -25,7 +25,7 @@ from numba import njit
 
 from seraphim.proto import ps_pb2, ps_pb2_grpc
 from seraphim.proto.codec import WIRE_DTYPES, decode_array, decode_versioned_pull_reply, encode_array, encode_push_request
-from seraphim.proto.errors import DataLoss, InvalidArgument, from_rpc_error
+from seraphim.proto.errors import DataLoss, DeadlineExceeded, InvalidArgument, from_rpc_error
 from seraphim.proto.partition import dense_block
 from seraphim.proto.rpc import CHUNK_BYTES, MAX_MESSAGE_BYTES, TlsFiles, join_chunks, make_channel, split_message, token_metadata
 from seraphim.worker.psf_merge import merge_partials
@@ -332,6 +332,24 @@ class PSClient:
 
     def health(self) -> list[ps_pb2.HealthReply]:
         return self._all("Health", lambda s: ps_pb2.HealthRequest(), ps_pb2.HealthReply)
+
+    # -- a table's initial values, written once by worker 0 and awaited by the others ---------------------------
+    def initialized(self, table: str) -> bool:
+        """Whether `table`'s initial values were published: its marker table exists on every shard."""
+        return all(f"{table}.ready" in h.tables for h in self.health())
+
+    def publish_initialized(self, table: str) -> None:
+        """Say that `table` holds its initial values (after writing them); a restarted writer finds the marker."""
+        self.sparse_table(f"{table}.ready", dim=1)
+
+    def wait_initialized(self, table: str, timeout_s: float) -> None:
+        """Block until worker 0 has published `table`'s initial values, so every worker starts from the same ones."""
+        deadline = time.monotonic() + timeout_s
+        while not self.initialized(table):
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded(f"worker {self.worker_id} waited {timeout_s:.0f}s for worker 0 to write the "
+                                       f"initial values of {table!r} to the PS")
+            time.sleep(0.05)
 
     def close(self) -> None:
         try:

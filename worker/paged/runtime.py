@@ -36,7 +36,6 @@ What it does:
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -45,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seraphim.proto.errors import DeadlineExceeded, InvalidArgument
+from seraphim.proto.errors import InvalidArgument
 from seraphim.worker.client import DenseTable, PSClient
 from seraphim.worker.paged.activations import ActivationPlan, SavedActivations, SavedTensor
 from seraphim.worker.paged.gradients import PageGradients
@@ -194,25 +193,16 @@ class PagedModel:
         shards = self.client.num_shards
         pages = -(-self.layout.n_pages // shards) * shards  # whole pages per shard: a page is one shard's rows
         shape = (pages * self.rows.rows_per_page, self.rows.row_dim)
-        marker = f"{self.name}.ready"
         if rank == 0:
             table = self.client.dense_table(self.name, shape, init=Zeros(), optimizer=optimizer, seed=seed,
                                             sum_workers=world_size)
-            if table.created or not self._ready(marker):
+            if table.created or not self.client.initialized(self.name):
                 self._write_initial_pages(table, init)
-            self.client.sparse_table(marker, dim=1)
+            self.client.publish_initialized(self.name)
             return table
-        deadline = time.monotonic() + ready_timeout_s
-        while not self._ready(marker):
-            if time.monotonic() > deadline:
-                raise DeadlineExceeded(f"worker {rank} waited {ready_timeout_s:.0f}s for worker 0 to write the "
-                                       f"initial pages of {self.name!r}")
-            time.sleep(0.1)
+        self.client.wait_initialized(self.name, ready_timeout_s)
         return self.client.dense_table(self.name, shape, init=Zeros(), optimizer=optimizer, seed=seed,
                                        sum_workers=world_size)
-
-    def _ready(self, marker: str) -> bool:
-        return all(marker in h.tables for h in self.client.health())
 
     def _write_initial_pages(self, table: DenseTable, init: InitTensor | None) -> None:
         """Fill the pages tensor by tensor in packing order, pushing each page once the cursor has passed it, so at
