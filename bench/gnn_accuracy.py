@@ -59,6 +59,9 @@ are noise) and SIGN's per-hop projections. With the authors' settings SGC and SI
 SGC and SIGN; the model is the authors' (the recursion is tested against the paper's formula); every change in the
 authors' search space we tried stays within 82.5; an independent plain-torch GAMLP-R on the same data gave 82.0.
 The published GAMLP figures are 1.5-2.3 points above what the authors' own published settings give here.
+On CiteSeer, with the same settings (10 seeds): SGC 71.8 ± 0.0 (published 71.9), SIGN 71.8 ± 0.5 (72.4 ± 0.8),
+GAMLP-R 71.3 ± 0.6 (73.9 ± 0.6), GAMLP-JK 69.5 ± 1.1 (74.6 ± 0.4): SGC and SIGN again within their spread, GAMLP
+2.6 and 5.1 points below; no CiteSeer settings of GAMLP's are published, and none were searched here.
 
 The time figure: GAMLP-R through ``seraphim run`` (1 PS, 1 worker that holds its split's hop rows, model and Adam
 on the PS) trains the same batches as the in-process run of the same seed (the test accuracy comes out equal) in
