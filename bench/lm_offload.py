@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-MARGIN = 64 << 20  # every cage's limit gets this much on top, so no contender dies of a sampling miss
+MARGIN = 192 << 20  # every cage's limit gets this much on top, so no contender dies of growth after the
+                    # warm-up (with 64 MiB, lm-medium's worker was OOM-killed in its cage after the warm-up)
 
 BIG = dict(preset="lm-medium", vocab=8192, ps_ram_mb=40, ps_page_kb=1024, page_kb=1024, seq_len=256, batch=8)
 QUICK = dict(preset="lm-small", vocab=4096, ps_ram_mb=8, ps_page_kb=256, page_kb=256, seq_len=128, batch=8)
@@ -248,7 +249,7 @@ class Run:
         self.role, self.spec = role, dict(spec, out=str(scratch / f"{role}.json"), scratch=str(scratch))
         spec_file = scratch / f"{role}.spec.json"
         spec_file.write_text(json.dumps(self.spec))
-        env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", MALLOC_ARENA_MAX="2")  # bounded heap growth
         self.proc = subprocess.Popen([sys.executable, __file__, "--role", role, "--spec", str(spec_file)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.cage = None

@@ -88,6 +88,12 @@ class MemoryCage:
         return self._peak_anon
 
     def close(self) -> None:
+        """Remove the group; processes still in it (PS shards that outlive a contender) move back to the root."""
+        for pid in (self.path / "cgroup.procs").read_text().split():
+            try:
+                (ROOT / "cgroup.procs").write_text(pid)
+            except OSError:  # exited meanwhile
+                pass
         for _ in range(50):
             try:
                 self.path.rmdir()

@@ -60,10 +60,22 @@ class Master:
         """After a restart: give every process of an active job a fresh heartbeat grace and say so in its log."""
         now = time.time()
         for job in self.store.jobs(ACTIVE):
+            if not Path(job.run_dir).is_dir():
+                self._abandon(job, f"its run directory {job.run_dir} was removed while the scheduler was down")
+                continue
             for node in self.store.nodes(job.job_id):
                 if node.state in ("STARTING", "RUNNING"):
                     self.store.update_node(job.job_id, node.role, node.rank, last_heartbeat=now)
             self._event(job.job_id, "scheduler restarted; following the job's processes again")
+
+    def _abandon(self, job: JobRow, reason: str) -> None:
+        """Fail a job that cannot be followed again: its local processes are killed, nothing is written to its run."""
+        if job.launcher == "local":
+            for node in self.store.nodes(job.job_id):
+                if node.state in ("STARTING", "RUNNING"):
+                    self.launcher.signal(node, signal.SIGKILL)
+        self.store.update_job(job.job_id, state=scheduler_pb2.FAILED, reason=reason, finished=time.time())
+        log.warning("%s: failed: %s", job.job_id, reason)
 
     def submit(self, spec_yaml: str, launcher: str, run_root: str) -> JobRow:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,6 +240,27 @@ def test_a_restarted_scheduler_knows_its_jobs_and_running_jobs_carry_on(tmp_path
     assert "scheduler restarted" in events
     listed = cli("jobs", "--scheduler", again.address, "--token-file", str(again.token_file)).stdout
     assert all(j in listed for j in (first.job_id, second.job_id, third.job_id))
+
+
+def test_a_restarted_scheduler_fails_a_running_job_whose_run_directory_is_gone(tmp_path, scheduler_factory):
+    sched = scheduler_factory("sched")
+    with sched.client() as client:
+        job = client.submit(yaml.safe_dump(tiny_job("orphan", steps=100_000, workers=1, ps=1)), "local",
+                            str(tmp_path))
+        wait_for(client, job.job_id, lambda s: s.step >= 5)
+    pids = sched.job_pids()
+    sched.kill()
+    shutil.rmtree(job.run_dir)
+    again = scheduler_factory("sched", port=sched.port)
+    with again.client() as client:
+        status = client.job(job.job_id)
+    assert STATE(status.state) == "FAILED" and "run directory" in status.reason and "removed" in status.reason
+    from seraphim.scheduler.launchers import process_alive
+
+    deadline = time.monotonic() + 30
+    while any(process_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(pids) == 2 and not any(process_alive(pid) for pid in pids)
 
 
 def test_ctrl_c_on_run_cancels_the_job_and_stops_every_process(tmp_path):
