@@ -143,7 +143,7 @@ class _Paged:
 
 
 class _MemoryMapped:
-    """Weights, gradients and AdamW moments as views of one shared memory-mapped file: the kernel pages them."""
+    """Weights, gradients and AdamW moments as views of shared memory-mapped files: the kernel pages them."""
 
     def __init__(self, config, spec, lr, betas, wd) -> None:
         import torch
@@ -154,13 +154,17 @@ class _MemoryMapped:
         self.model = build_model(config, seed=0, device="meta")
         params = list(self.model.named_parameters())
         numel = sum(p.numel() for _, p in params)
-        path = Path(spec["scratch"]) / "states.bin"
-        path.unlink(missing_ok=True)
-        store = torch.from_file(str(path), shared=True, size=4 * numel, dtype=torch.float32)
+        # one file per role: views of one storage share autograd's version counter, so gradients accumulating
+        # into the weights' storage would look like in-place changes of the weights backward saved
+        paths = [Path(spec["scratch"]) / f"states-{role}.bin" for role in ("weight", "grad", "exp_avg", "exp_avg_sq")]
+        stores = []
+        for path in paths:
+            path.unlink(missing_ok=True)
+            stores.append(torch.from_file(str(path), shared=True, size=numel, dtype=torch.float32))
         parts = {}
         offset = 0
         for name, p in params:
-            parts[name] = [store[offset + k * numel:offset + k * numel + p.numel()].view(p.shape) for k in range(4)]
+            parts[name] = [store[offset:offset + p.numel()].view(p.shape) for store in stores]
             offset += p.numel()
         replaced = {}
         for name, p in params:
@@ -179,7 +183,7 @@ class _MemoryMapped:
             exp_avg.zero_()
             exp_avg_sq.zero_()
             self.opt.state[p] = {"step": torch.tensor(0.0), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
-        self.file_bytes = path.stat().st_size
+        self.file_bytes = sum(path.stat().st_size for path in paths)
 
     def step(self, step, x, y) -> float:
         self.opt.zero_grad(set_to_none=False)
@@ -209,15 +213,18 @@ class _DeepSpeedNvme:
         nvme = Path(spec["scratch"]) / "nvme"
         nvme.mkdir(exist_ok=True)
         budget = spec["state_budget_bytes"] // 4  # float32 values the states may keep in RAM
+        largest = max(config.vocab_size, config.ffn_dim) * config.dim  # a swap buffer holds one whole parameter
+        buffer = max(int(budget // 8), largest)
         self.cfg = {
             "train_micro_batch_size_per_gpu": spec["batch"], "gradient_accumulation_steps": 1,
             "optimizer": {"type": "AdamW", "params": {"lr": lr, "betas": list(betas), "eps": 1e-8,
                                                         "weight_decay": wd}},
             "zero_optimization": {
-                "stage": 3, "sub_group_size": int(budget // 4), "stage3_max_live_parameters": int(budget // 2),
-                "stage3_prefetch_bucket_size": int(budget // 8), "stage3_param_persistence_threshold": 0,
+                "stage": 3, "sub_group_size": max(int(budget // 4), largest),
+                "stage3_max_live_parameters": max(int(budget // 2), 2 * largest),
+                "stage3_prefetch_bucket_size": buffer, "stage3_param_persistence_threshold": 0,
                 "offload_param": {"device": "nvme", "nvme_path": str(nvme), "pin_memory": False,
-                                  "buffer_count": 5, "buffer_size": int(budget // 8), "max_in_cpu": 0},
+                                  "buffer_count": 5, "buffer_size": buffer, "max_in_cpu": 0},
                 "offload_optimizer": {"device": "nvme", "nvme_path": str(nvme), "pin_memory": False}},
             "aio": {"block_size": 1 << 20, "queue_depth": 8, "single_submit": False, "overlap_events": True,
                     "thread_count": 1},
@@ -407,7 +414,9 @@ def main() -> None:
                         "serial_compute_plus_transfer_s": compute_s + moved / wire,
                         "step_s_ours": speed["batch"] * speed["seq_len"] / ours_tps,
                         "step_s_ours_no_overlap": speed["batch"] * speed["seq_len"] / off_tps,
-                        "overlap_gain": ours_tps / off_tps})
+                        "overlap_gain": ours_tps / off_tps,
+                        "page_wait_s_per_step_ours": ours_on["stall_s"] / (a.warmup + a.steps),
+                        "demand_fetches_per_step_ours": ours_on["demand_fetches"] / (a.warmup + a.steps)})
         if "mmap" not in skip:
             mmap = peer("mmap", speed, state_budget, cage=cage_reason is None)
             figures["tokens_per_s_mmap"] = tokens_per_s(mmap, speed)
