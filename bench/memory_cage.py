@@ -74,8 +74,11 @@ class MemoryCage:
         self._sampling.set()
 
         def sample() -> None:
-            while self._sampling.is_set():
-                self._peak_anon = max(self._peak_anon, self.anon_bytes)
+            while self._sampling.is_set() and self.path.exists():  # a contender that died took its group along
+                try:
+                    self._peak_anon = max(self._peak_anon, self.anon_bytes)
+                except FileNotFoundError:
+                    return
                 time.sleep(period_s)
 
         self._sampler = threading.Thread(target=sample, daemon=True)
