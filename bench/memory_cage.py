@@ -74,10 +74,10 @@ class MemoryCage:
         self._sampling.set()
 
         def sample() -> None:
-            while self._sampling.is_set() and self.path.exists():  # a contender that died took its group along
+            while self._sampling.is_set():
                 try:
                     self._peak_anon = max(self._peak_anon, self.anon_bytes)
-                except FileNotFoundError:
+                except FileNotFoundError:  # a contender that died took its group along
                     return
                 time.sleep(period_s)
 

@@ -71,14 +71,13 @@ class PSParameters:
         self.numel = sum(p.numel() for _, p in self.params)
         self.cols = min(cols, self.numel)
         self.rows = -(-self.numel // self.cols)
+        if client.worker_id != 0:
+            client.wait_initialized(name, ready_timeout_s)
+        self.table: DenseTable = client.dense_table(name, (self.rows, self.cols), init=Zeros(), optimizer=optimizer)
         if client.worker_id == 0:
-            self.table: DenseTable = client.dense_table(name, (self.rows, self.cols), init=Zeros(), optimizer=optimizer)
             if self.table.created or not client.initialized(name):
                 self.table.push_all(self._padded(self._flat(p.detach() for _, p in self.params)), mode="assign")
             client.publish_initialized(name)
-        else:
-            client.wait_initialized(name, ready_timeout_s)
-            self.table = client.dense_table(name, (self.rows, self.cols), init=Zeros(), optimizer=optimizer)
 
     @staticmethod
     def _flat(tensors: Iterable[torch.Tensor]) -> np.ndarray:

@@ -193,16 +193,15 @@ class PagedModel:
         shards = self.client.num_shards
         pages = -(-self.layout.n_pages // shards) * shards  # whole pages per shard: a page is one shard's rows
         shape = (pages * self.rows.rows_per_page, self.rows.row_dim)
+        if rank != 0:
+            self.client.wait_initialized(self.name, ready_timeout_s)
+        table = self.client.dense_table(self.name, shape, init=Zeros(), optimizer=optimizer, seed=seed,
+                                        sum_workers=world_size)
         if rank == 0:
-            table = self.client.dense_table(self.name, shape, init=Zeros(), optimizer=optimizer, seed=seed,
-                                            sum_workers=world_size)
             if table.created or not self.client.initialized(self.name):
                 self._write_initial_pages(table, init)
             self.client.publish_initialized(self.name)
-            return table
-        self.client.wait_initialized(self.name, ready_timeout_s)
-        return self.client.dense_table(self.name, shape, init=Zeros(), optimizer=optimizer, seed=seed,
-                                       sum_workers=world_size)
+        return table
 
     def _write_initial_pages(self, table: DenseTable, init: InitTensor | None) -> None:
         """Fill the pages tensor by tensor in packing order, pushing each page once the cursor has passed it, so at
