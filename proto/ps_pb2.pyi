@@ -18,11 +18,13 @@ class PushMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GRADIENT: _ClassVar[PushMode]
     ASSIGN: _ClassVar[PushMode]
     ADD: _ClassVar[PushMode]
+    ABSENT: _ClassVar[PushMode]
 DENSE: TableKind
 SPARSE: TableKind
 GRADIENT: PushMode
 ASSIGN: PushMode
 ADD: PushMode
+ABSENT: PushMode
 
 class InitializerSpec(_message.Message):
     __slots__ = ("name", "params")

@@ -101,10 +101,12 @@ class VersionedRows:
         self._pending: dict[int, _Accumulator] = {}
         self.dropped_rows = 0  # pushes for versions a row had passed, or repeated by the same worker
 
-    def add(self, rows: np.ndarray, grads: np.ndarray, version: int, worker: int, lr_factor: float,
+    def add(self, rows: np.ndarray, grads: np.ndarray | None, version: int, worker: int, lr_factor: float,
             apply: ApplyFn) -> int:
         """Add one worker's gradients of `version` for unique local `rows`; apply every version that completes.
-        Returns the number of rows taken (the rest were dropped as already applied or already added)."""
+        grads None: the worker has no gradient for these rows (a routed expert its tokens did not choose), a zero
+        contribution that completes their sum without bytes. Returns the number of rows taken (the rest were dropped
+        as already applied or already added)."""
         if not 0 <= worker < self.sum_workers:
             raise InvalidArgument(f"push to versioned table {self.table!r} from worker {worker}: its gradients are "
                                   f"summed over workers 0..{self.sum_workers - 1}")
@@ -113,18 +115,22 @@ class VersionedRows:
         with self.cond:
             current = self.versions[rows] <= version
             taken = len(rows)
-            if self.sum_workers == 1 and version not in self._pending and (self.versions[rows] == version).all():
+            if (self.sum_workers == 1 and grads is not None and version not in self._pending
+                    and (self.versions[rows] == version).all()):
                 apply(rows, grads, lr_factor)  # nothing to sum: the common one-worker step, without a copy
                 self.versions[rows] += 1
             else:
-                rows, grads = rows[current], grads[current]
+                rows = rows[current]
+                if grads is not None:
+                    grads = grads[current]
                 acc = self._pending.get(version)
                 if acc is None:
                     acc = self._pending[version] = _Accumulator(len(self.versions), self.dim, self.sum_workers)
                 slots = acc.slots(rows)
                 fresh = ~acc.added[slots, worker]
                 rows, slots = rows[fresh], slots[fresh]
-                acc.sums[slots] += grads[fresh]
+                if grads is not None:
+                    acc.sums[slots] += grads[fresh]
                 acc.added[slots, worker] = True
                 acc.counts[slots] += 1
                 acc.lr_factor = lr_factor

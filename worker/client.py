@@ -485,6 +485,16 @@ class Table(ABC):
         requests = self._push_requests(keys, values, mode, version, lr_scale)
         return self.client._submit(lambda: self._send(requests))
 
+    def abstain_async(self, keys: np.ndarray | Sequence[int], version: int) -> Future:
+        """Tell a versioned table that this worker has no gradient for `keys` at `version` (a routed expert none of
+        its tokens chose): keys only on the wire, and the rows update from the other workers' sum without waiting
+        for this one. clock() waits for it like a push."""
+        _, grouped, bounds, _ = self._split(keys)
+        requests = [(s, encode_push_request(self.name, grouped[lo:hi], np.empty((hi - lo, 0), dtype=np.float32),
+                                            ps_pb2.ABSENT, self.client.worker_id, self._wire, version))
+                    for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if hi > lo]
+        return self.client._submit(lambda: self._send(requests))
+
     def _push_requests(self, keys: np.ndarray | Sequence[int], values: np.ndarray, mode: str, version: int = 0,
                        lr_scale: float = 1.0) -> list[tuple[int, bytes]]:
         """(shard, PushRequest wire bytes) per shard that holds some of the keys, duplicates merged."""
