@@ -351,6 +351,19 @@ class PSClient:
                                        f"initial values of {table!r} to the PS")
             time.sleep(0.05)
 
+    def open_initialized(self, name: str, open_table: Callable[[], T], write: Callable[[T], None], writer: bool,
+                         timeout_s: float) -> T:
+        """Open table `name` whose initial values one writer (worker 0) puts there once: the others wait for its
+        marker before they open it, and a restarted writer rewrites only a table it created or never marked."""
+        if not writer:
+            self.wait_initialized(name, timeout_s)
+        table = open_table()
+        if writer:
+            if table.created or not self.initialized(name):
+                write(table)
+            self.publish_initialized(name)
+        return table
+
     def close(self) -> None:
         try:
             self.flush()
