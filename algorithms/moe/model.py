@@ -270,8 +270,8 @@ class Decoder(nn.Module):
 
 # -- the model -------------------------------------------------------------------------------------------------------
 class MoELM(nn.Module):
-    """tokens [B, S] -> logits [B, S, V], or (given targets) the training loss: next-token cross-entropy plus the
-    load-balancing and z losses, their parts in ``last_losses``."""
+    """tokens [B, S] -> logits [B, S, V], or (given targets) the loss: next-token cross-entropy, plus in training
+    the load-balancing and z losses (their parts in ``last_losses``)."""
 
     def __init__(self, config: MoEConfig, placement: PlacementFactory | None = None, seed: int = 0) -> None:
         super().__init__()
@@ -304,7 +304,7 @@ class MoELM(nn.Module):
         loss = ce
         moe = [m.last_routing for m in self.moe_layers()]
         self.last_losses = {"ce": ce.item()}
-        if moe:
+        if moe and self.training:
             aux = torch.stack([r.aux_loss for r in moe]).mean()
             z = torch.stack([r.z_loss for r in moe]).mean()
             loss = ce + c.aux_loss_coef * aux + c.z_loss_coef * z

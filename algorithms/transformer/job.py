@@ -261,7 +261,7 @@ class LMRun:
 
     def write_model(self, paged: PagedModel, config: Any) -> None:
         """Worker 0 writes the trained model under the run directory."""
-        write_model(paged, config, self.corpus_dir, self.ctx.run_dir / "model")
+        write_model(paged.named_tensors(), config, self.corpus_dir, self.ctx.run_dir / "model")
 
     def summary_extra(self) -> dict[str, Any]:
         return {}
