@@ -32,6 +32,7 @@ import numpy as np
 
 from seraphim.proto.errors import DeadlineExceeded, InvalidArgument
 
+RECORDED_VERSIONS = 64  # versions whose applied gradient norm a table keeps (Stats' applied_grad_sq)
 ApplyFn = Callable[[np.ndarray, np.ndarray, float], None]  # (local rows, summed gradients, lr factor)
 
 
@@ -100,6 +101,7 @@ class VersionedRows:
         self.cond = threading.Condition()
         self._pending: dict[int, _Accumulator] = {}
         self.dropped_rows = 0  # pushes for versions a row had passed, or repeated by the same worker
+        self.applied_grad_sq: dict[int, float] = {}  # version -> |summed gradient|^2 of the rows applied so far
 
     def add(self, rows: np.ndarray, grads: np.ndarray | None, version: int, worker: int, lr_factor: float,
             apply: ApplyFn) -> int:
@@ -118,6 +120,7 @@ class VersionedRows:
             if (self.sum_workers == 1 and grads is not None and version not in self._pending
                     and (self.versions[rows] == version).all()):
                 apply(rows, grads, lr_factor)  # nothing to sum: the common one-worker step, without a copy
+                self._record(version, grads)
                 self.versions[rows] += 1
             else:
                 rows = rows[current]
@@ -152,12 +155,26 @@ class VersionedRows:
                 ready = (acc.counts[slots] == self.sum_workers) & (self.versions[rows] == version)
                 if ready.any():
                     rows, slots = rows[ready], slots[ready]
-                    apply(rows, acc.sums[slots], acc.lr_factor)
+                    sums = acc.sums[slots]
+                    apply(rows, sums, acc.lr_factor)
+                    self._record(version, sums)
                     self.versions[rows] = version + 1
                     acc.release(rows)
                     progressed = True
                 if acc.empty:
                     del self._pending[version]
+
+    def _record(self, version: int, sums: np.ndarray) -> None:
+        """Add an applied gradient sum's squared norm to its version's (the last RECORDED_VERSIONS are kept)."""
+        self.applied_grad_sq[version] = self.applied_grad_sq.get(version, 0.0) + float(
+            np.einsum("ij,ij->", sums, sums, dtype=np.float64))
+        while len(self.applied_grad_sq) > RECORDED_VERSIONS:
+            del self.applied_grad_sq[min(self.applied_grad_sq)]
+
+    def recorded_grad_sq(self) -> dict[int, float]:
+        """A copy of the recent versions' applied gradient norms (taken under the lock updates hold)."""
+        with self.cond:
+            return dict(self.applied_grad_sq)
 
     @contextmanager
     def reading(self, rows: np.ndarray, min_version: int, wait_s: float) -> Iterator[np.ndarray]:

@@ -25,7 +25,7 @@ from seraphim.worker.paged import PagedModel, PagingConfig
 from seraphim.worker.paged.bank import ParameterBank
 from seraphim.worker.specs import AdamW
 from test_lm_job import _user_text
-from test_scheduler import done, wait_for
+from test_scheduler import cli, done, wait_for
 
 LR, WD, EXPERT_LR = 3e-3, 0.1, 0.5
 
@@ -148,7 +148,7 @@ def moe_job(name: str, text_dir: Path, **train) -> dict:
                   "experts": {"placement": "all_to_all", "lr": {"rule": "advisor", "b_noise_tokens": 2000}},
                   "data": {"source": "files", "paths": [str(text_dir)], "vocab_size": 512, "max_bytes": 600_000},
                   "paging": {"page_kb": 16}, "seq_len": 48, "batch_size": 4, "steps": 12, "eval_every": 6,
-                  "optimizer": {"warmup_steps": 2},
+                  "optimizer": {"lr": 0.001, "warmup_steps": 2},
                   "generate": {"prompts": ["def"], "max_new_tokens": 8}, **train},
     }
 
@@ -172,7 +172,10 @@ def test_lm_moe_trains_with_expert_parallelism_over_gloo_and_writes_every_expert
         assert r["expert_lr_ratio"] == pytest.approx(surge(384 / 4 / 2000) / surge(384 / 2000))  # B = 2*4*48
         assert r["expert_sets_fetched"] >= 12 * config.n_layers * config.n_experts // 2  # its own experts
     metrics = (run / "metrics" / "worker-0.csv").read_text()
-    assert "drop_rate" in metrics and "recycle_rate" in metrics and "train_aux_loss" in metrics
+    assert all(m in metrics for m in ("drop_rate", "recycle_rate", "train_aux_loss", "trace_sigma", "grad_sq"))
+    advice = cli("lr-advise", str(run), "--batch", "768")  # the noise scale the job logged, in tokens
+    assert advice.returncode == 0, advice.stderr
+    assert "b_noise:" in advice.stdout and "B0=384, lr0=0.001" in advice.stdout
     model = load_moe(run / "model")  # every expert written, stacked back into the one-process model
     data = TokenData.open(run / "data")
     with torch.no_grad():  # worker 0's evaluation batches: 0 and 2 of 4

@@ -87,6 +87,9 @@ def test_an_absent_worker_counts_as_a_zero_gradient_without_sending_values(share
             opt.step()
             rows, versions = t1.pull_versioned(keys, min_version=version + 1, wait_s=5)
             np.testing.assert_allclose(rows, ref.detach().numpy(), rtol=1e-6, atol=1e-7)
+            # the global gradient's norm, summed over both shards, for the noise scale
+            assert w0.applied_grad_sq(["absent"], version) == pytest.approx(float(np.sum((g0 + g1) ** 2)), rel=1e-5)
+        assert w0.applied_grad_sq(["absent"], 3) is None
         dense = w0.dense_table("not_versioned", (ROWS, DIM), optimizer=AdamW(lr=0.05))
         with pytest.raises(InvalidArgument, match="versioned tables only"):
             dense.abstain_async(keys, 0).result()

@@ -330,6 +330,13 @@ class PSClient:
     def stats(self) -> list[ps_pb2.StatsReply]:
         return self._all("Stats", lambda s: ps_pb2.StatsRequest(), ps_pb2.StatsReply)
 
+    def applied_grad_sq(self, tables: Sequence[str], version: int) -> float | None:
+        """|summed gradient|^2 that versioned `tables` applied at `version`, over every shard (the global batch's
+        gradient, for the noise scale); None when no shard has recorded that version (yet, or any more)."""
+        values = [t.applied_grad_sq[version] for reply in self.stats() for t in reply.tables
+                  if t.name in tables and version in t.applied_grad_sq]
+        return float(sum(values)) if values else None
+
     def health(self) -> list[ps_pb2.HealthReply]:
         return self._all("Health", lambda s: ps_pb2.HealthRequest(), ps_pb2.HealthReply)
 

@@ -267,6 +267,12 @@ class MoERun(LMRun):
                          expert_set_bytes=self.bank.set_bytes)
         return extra
 
+    def gradient_tables(self) -> list[str]:
+        return [*super().gradient_tables(), EXPERT_TABLE]
+
+    def step_grad_sq(self, paged: PagedModel) -> float:
+        return super().step_grad_sq(paged) + (self.bank.step_grad_sq if self.bank is not None else 0.0)
+
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()

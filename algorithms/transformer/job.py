@@ -23,6 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from seraphim.algorithms.lr_scaling import GradientNoiseScale
 from seraphim.algorithms.registry import Job, JobContext, register
 from seraphim.algorithms.transformer.data import (TextDataError, TextSourceSpec, TokenData, load_tokenizer,
                                                    prepare_corpus, wait_for_corpus)
@@ -225,7 +226,7 @@ class TransformerLMJob(Job):
 
 class LMRun:
     """One worker's training run of a language model on paged PS states. Its hooks (model, memo, training_step,
-    inference, step_metrics, generate, write_model, summary_extra, close) are what another LM workload (``lm.moe``)
+    inference, step_metrics, generate, write_model, summary_extra, gradient_tables, step_grad_sq, close) are what another LM workload (``lm.moe``)
     overrides; the corpus, the loop, evaluation and sampling are shared."""
 
     def __init__(self, spec: Any, ctx: JobContext) -> None:
@@ -265,6 +266,14 @@ class LMRun:
 
     def summary_extra(self) -> dict[str, Any]:
         return {}
+
+    def gradient_tables(self) -> list[str]:
+        """The versioned PS tables this run pushes gradients to (their applied norms give the noise scale)."""
+        return [TABLE]
+
+    def step_grad_sq(self, paged: PagedModel) -> float:
+        """|gradient this worker pushed in the step just run|^2, over every table of gradient_tables()."""
+        return paged.grads.step_grad_sq
 
     def close(self) -> None:
         """Release what the hooks opened."""
@@ -380,6 +389,8 @@ class LMRun:
         spec, ctx = self.spec, self.ctx
         history = []
         tokens = spec.batch_size * spec.seq_len
+        noise = GradientNoiseScale(decay=0.95)
+        local_grad_sq: dict[int, float] = {}
         for step in range(ctx.start_step, spec.steps):
             x, y = data.batch("train", step, ctx.rank, self.world, spec.batch_size, spec.seq_len, spec.seed)
             started = time.perf_counter()
@@ -388,6 +399,7 @@ class LMRun:
                 (loss / self.world).backward()
             ctx.ps.clock()
             elapsed = time.perf_counter() - started
+            local_grad_sq[step] = self.step_grad_sq(paged)
             report = paged.report()
             metrics = {"train_loss": loss.item(), "tokens_per_s": tokens / elapsed,
                        "pages_in_flight": report.pages_in_flight,
@@ -395,6 +407,7 @@ class LMRun:
                        "stall_s": report.stall_s, "lr": spec.optimizer.lr * spec.optimizer.scale(step, spec.steps),
                        "saved_activations_mb": paged.activations.stats.peak_bytes / 2**20}
             metrics.update(self.step_metrics(model))
+            metrics.update(self._noise_scale(noise, local_grad_sq, step - 1, tokens))
             if memo is not None:
                 metrics.update(alpha=memo.alpha, tier_mb=memo.tier.stats.put_bytes / 2**20)
             if step == ctx.start_step and memo is not None and spec.memory.plan != "off":
@@ -406,6 +419,18 @@ class LMRun:
             ctx.report(step, metrics)
             history.append(metrics)
         return history
+
+    def _noise_scale(self, noise: GradientNoiseScale, local_grad_sq: dict[int, float], version: int,
+                     tokens: int) -> dict[str, float]:
+        """McCandlish's gradient noise scale in tokens from a finished version: this worker's gradient (its share of
+        the batch: the pushed gradient of loss / W, times W) against the global sum the PS shards applied."""
+        if self.world < 2 or version not in local_grad_sq:
+            return {}
+        global_sq = self.ctx.ps.applied_grad_sq(self.gradient_tables(), version)
+        if global_sq is None:
+            return {}
+        noise.observe(self.world ** 2 * local_grad_sq.pop(version), global_sq, tokens, tokens * self.world)
+        return noise.metrics()
 
     @torch.no_grad()
     def _evaluate(self, model: TransformerLM, paged: PagedModel, data: TokenData) -> dict[str, float]:

@@ -80,6 +80,7 @@ class ParameterBank:
         self._version = 0
         self._infer_version = 0
         self._lr_scale = 1.0
+        self.step_grad_sq = 0.0  # |pushed gradient|^2 of the current step (the gradient noise scale's small batch)
         self._covered = np.zeros(count, dtype=bool)  # sets this step has pushed or abstained from
         self._fetched = np.zeros(count, dtype=bool)  # sets this step has fetched
 
@@ -112,6 +113,7 @@ class ParameterBank:
         self._mode, self._version, self._lr_scale = "train", step, lr_scale
         self._covered[:] = False
         self._fetched[:] = False
+        self.step_grad_sq = 0.0
         try:
             yield
             self._abstain(np.flatnonzero(~self._covered))  # fetched sets the loss did not reach count as zeros too
@@ -175,6 +177,7 @@ class ParameterBank:
                               lr_scale=self._lr_scale)
         self._covered[sets] = True
         self.stats.pushed_bytes += padded.nbytes
+        self.step_grad_sq += float(np.einsum("ij,ij->", padded, padded, dtype=np.float64))
 
     def _abstain(self, sets: np.ndarray) -> None:
         sets = sets[~self._covered[sets]]
