@@ -236,8 +236,8 @@ class MoEMLP(nn.Module):
         b, s, d = x.shape
         flat = x.reshape(b * s, d)                                                     # (T, D)
         c = self.config
-        routing = route(self.gate(flat.float()), c.top_k, c.capacity_factor if self.training else None,
-                        c.recycle, self.generator)
+        logits = F.linear(flat.float(), self.gate.weight.float())  # the router runs in float32 at any dtype
+        routing = route(logits, c.top_k, c.capacity_factor if self.training else None, c.recycle, self.generator)
         self.last_routing = routing
         routed = self.experts(flat[routing.token], routing)                            # (N, D)
         combined = torch.zeros_like(flat).index_add(0, routing.token, routed * routing.weight[:, None].to(x.dtype))
