@@ -172,7 +172,8 @@ def test_lm_moe_trains_with_expert_parallelism_over_gloo_and_writes_every_expert
         assert r["expert_lr_ratio"] == pytest.approx(surge(384 / 4 / 2000) / surge(384 / 2000))  # B = 2*4*48
         assert r["expert_sets_fetched"] >= 12 * config.n_layers * config.n_experts // 2  # its own experts
     metrics = (run / "metrics" / "worker-0.csv").read_text()
-    assert all(m in metrics for m in ("drop_rate", "recycle_rate", "train_aux_loss", "trace_sigma", "grad_sq"))
+    assert all(m in metrics for m in ("drop_rate", "recycle_rate", "train_aux_loss", "trace_sigma", "grad_sq",
+                                      "dropped_l1", "recycled_l1"))
     advice = cli("lr-advise", str(run), "--batch", "768")  # the noise scale the job logged, in tokens
     assert advice.returncode == 0, advice.stderr
     assert "b_noise:" in advice.stdout and "B0=384, lr0=0.001" in advice.stdout

@@ -235,6 +235,8 @@ class MoERun(LMRun):
         if counts["assignments"]:
             metrics.update(drop_rate=counts["dropped"] / counts["assignments"],
                            recycle_rate=counts["recycled"] / counts["assignments"])
+        for layer, (_, dropped, recycled) in model.routing_counts_per_layer().items():
+            metrics.update({f"dropped_l{layer}": dropped, f"recycled_l{layer}": recycled})
         if self.bank is not None:
             metrics.update(expert_pulled_mb=self.bank.stats.pulled_bytes / 2**20,
                            expert_pushed_mb=self.bank.stats.pushed_bytes / 2**20)

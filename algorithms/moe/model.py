@@ -317,6 +317,11 @@ class MoELM(nn.Module):
         return {"assignments": sum(r.assignments for r in routings), "dropped": sum(r.dropped for r in routings),
                 "recycled": sum(r.recycled for r in routings)}
 
+    def routing_counts_per_layer(self) -> dict[int, tuple[int, int, int]]:
+        """Layer -> (assignments, dropped, recycled) of the last forward."""
+        return {m.layer: (m.last_routing.assignments, m.last_routing.dropped, m.last_routing.recycled)
+                for m in self.moe_layers() if m.last_routing is not None}
+
     def paged_units(self) -> list[nn.Module]:
         """The layers in forward order, for the paged step runtime (routed experts on the PS are not in them)."""
         return [self.model.embed_tokens, *self.model.layers, self.model.norm, self.lm_head]
