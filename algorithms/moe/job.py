@@ -30,9 +30,8 @@ from seraphim.algorithms.moe.model import (PRESETS, MoECache, MoEConfig, MoELM, 
                                            init_expert)
 from seraphim.algorithms.moe.placement import AllToAllExperts, BankExperts
 from seraphim.algorithms.registry import Job, JobContext, register
-from seraphim.algorithms.transformer.data import TextSourceSpec
 from seraphim.algorithms.transformer.export import MOE_CONFIG, write_model
-from seraphim.algorithms.transformer.job import GenerateSpec, LMRun, OptimizerSpec, PagingSpec
+from seraphim.algorithms.transformer.job import LMRun, LMTrainingSpec
 from seraphim.algorithms.transformer.model import sample
 from seraphim.worker.paged import PagedModel
 from seraphim.worker.paged.bank import ParameterBank
@@ -115,28 +114,9 @@ class ExpertsSpec(BaseModel):
     lr: ExpertLRSpec = Field(default_factory=lambda: ExpertLRSpec(rule="fixed", ratio=1.0))
 
 
-class MoESpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MoESpec(LMTrainingSpec):
     model: MoEModelSpec = Field(default_factory=MoEModelSpec)
     experts: ExpertsSpec = Field(default_factory=ExpertsSpec)
-    data: TextSourceSpec = Field(default_factory=TextSourceSpec)
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    paging: PagingSpec = Field(default_factory=PagingSpec)
-    generate: GenerateSpec = Field(default_factory=GenerateSpec)
-    seq_len: int = Field(256, ge=2, description="tokens per training sequence")
-    batch_size: int = Field(8, ge=1, description="sequences per step on each worker")
-    steps: int = Field(200, ge=1)
-    eval_every: int = Field(50, ge=1)
-    eval_batches: int = Field(4, ge=1, description="held-out batches per evaluation, split over the workers")
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _fits(self) -> "MoESpec":
-        config = self.model.config(self.data.vocab_size)
-        if self.seq_len > config.max_seq_len:
-            raise ValueError(f"seq_len {self.seq_len} exceeds model.max_seq_len {config.max_seq_len} (the RoPE "
-                             f"table); raise model.max_seq_len or shorten seq_len")
-        return self
 
 
 @register("lm.moe")

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from seraphim.algorithms.moe.routing import Routing, route
-from seraphim.algorithms.transformer.model import MLP, RMSNorm, apply_rope, init_by_name, rope_tables
+from seraphim.algorithms.transformer.model import (MLP, RMSNorm, apply_rope, attention_shape_problems, init_by_name,
+                                                    rope_tables)
 
 EXPERT_SHAPES = ("gate_proj", "up_proj", "down_proj")
 
@@ -55,13 +56,7 @@ class MoEConfig:
     z_loss_coef: float = 0.0
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.dim % self.n_heads:
-            problems.append(f"dim {self.dim} is not a multiple of n_heads {self.n_heads}")
-        elif self.head_dim % 2:
-            problems.append(f"the head width dim/n_heads = {self.head_dim} must be even for RoPE")
-        if self.n_heads % self.n_kv_heads:
-            problems.append(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        problems = attention_shape_problems(self.dim, self.n_heads, self.n_kv_heads)
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "cla_share",
                      "shared_ffn_dim", "top_k"):
             if getattr(self, name) < 1:

@@ -150,13 +150,13 @@ class GenerateSpec(BaseModel):
     top_k: int = Field(40, ge=1)
 
 
-class LMSpec(BaseModel):
+class LMTrainingSpec(BaseModel):
+    """What every LM workload's run takes besides its model (a subclass adds `model`, with config(vocab_size))."""
+
     model_config = ConfigDict(extra="forbid")
-    model: ModelSpec = Field(default_factory=ModelSpec)
     data: TextSourceSpec = Field(default_factory=TextSourceSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     paging: PagingSpec = Field(default_factory=PagingSpec)
-    memory: MemorySpec = Field(default_factory=MemorySpec)
     generate: GenerateSpec = Field(default_factory=GenerateSpec)
     seq_len: int = Field(256, ge=2, description="tokens per training sequence")
     batch_size: int = Field(8, ge=1, description="sequences per step on each worker")
@@ -166,12 +166,17 @@ class LMSpec(BaseModel):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _fits(self) -> "LMSpec":
+    def _fits(self) -> "LMTrainingSpec":
         config = self.model.config(self.data.vocab_size)
         if self.seq_len > config.max_seq_len:
             raise ValueError(f"seq_len {self.seq_len} exceeds model.max_seq_len {config.max_seq_len} (the RoPE "
                              f"table); raise model.max_seq_len or shorten seq_len")
         return self
+
+
+class LMSpec(LMTrainingSpec):
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    memory: MemorySpec = Field(default_factory=MemorySpec)
 
 
 def paged_layout(spec: LMSpec) -> tuple[TransformerConfig, PageLayout, int]:

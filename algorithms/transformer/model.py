@@ -35,13 +35,7 @@ class TransformerConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.dim % self.n_heads:
-            problems.append(f"dim {self.dim} is not a multiple of n_heads {self.n_heads}")
-        elif self.head_dim % 2:
-            problems.append(f"the head width dim/n_heads = {self.head_dim} must be even for RoPE")
-        if self.n_heads % self.n_kv_heads:
-            problems.append(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        problems = attention_shape_problems(self.dim, self.n_heads, self.n_kv_heads)
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -60,6 +54,18 @@ class TransformerConfig:
 
     def kv_bytes_per_token(self, itemsize: int = 2) -> int:
         return 2 * self.n_layers * self.n_kv_heads * self.head_dim * itemsize
+
+
+def attention_shape_problems(dim: int, n_heads: int, n_kv_heads: int) -> list[str]:
+    """What is wrong with an attention's head layout (RoPE needs even head widths, GQA whole groups)."""
+    problems = []
+    if n_heads >= 1 and dim % n_heads:
+        problems.append(f"dim {dim} is not a multiple of n_heads {n_heads}")
+    elif n_heads >= 1 and (dim // n_heads) % 2:
+        problems.append(f"the head width dim/n_heads = {dim // n_heads} must be even for RoPE")
+    if n_kv_heads >= 1 and n_heads % n_kv_heads:
+        problems.append(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
+    return problems
 
 
 #: named shapes, from a smoke-test size to one that does not fit a worker's page budget many times over
