@@ -284,7 +284,11 @@ def _logged_b_noise(run_dir: Path) -> tuple[float, str]:
         raise CLIError(f"{run_dir} has no surge.json and no b_noise metric: log GradientNoiseScale.metrics() in the "
                        "job (seraphim.algorithms.lr_scaling), or run an lr_scaling.sweep")
     last = summary["b_noise"]
-    return last["mean"], f"last logged b_noise metric, step {max(last['last_step'].values())}, mean over workers"
+    step = max(last["last_step"].values())
+    trace, grad_sq = summary.get("trace_sigma", {}).get("mean"), summary.get("grad_sq", {}).get("mean")
+    if trace is not None and grad_sq is not None and grad_sq > 0:  # a ratio of averages, never an average of ratios
+        return trace / grad_sq, f"last logged trace_sigma / grad_sq, step {step}, each averaged over workers"
+    return last["mean"], f"last logged b_noise metric, step {step}, mean over workers"
 
 
 def _job_reference(run_dir: Path) -> tuple[float, float] | None:

@@ -176,7 +176,7 @@ def test_lm_moe_trains_with_expert_parallelism_over_gloo_and_writes_every_expert
                                       "dropped_l1", "recycled_l1"))
     advice = cli("lr-advise", str(run), "--batch", "768")  # the noise scale the job logged, in tokens
     assert advice.returncode == 0, advice.stderr
-    assert "b_noise:" in advice.stdout and "B0=384, lr0=0.001" in advice.stdout
+    assert "trace_sigma / grad_sq, step 11" in advice.stdout and "B0=384, lr0=0.001" in advice.stdout
     model = load_moe(run / "model")  # every expert written, stacked back into the one-process model
     data = TokenData.open(run / "data")
     with torch.no_grad():  # worker 0's evaluation batches: 0 and 2 of 4
