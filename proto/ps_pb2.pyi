@@ -234,7 +234,7 @@ class SnapshotReply(_message.Message):
     def __init__(self, clock: _Optional[int] = ...) -> None: ...
 
 class TableStats(_message.Message):
-    __slots__ = ("name", "kind", "rows", "bytes_ram", "bytes_disk", "hits", "misses", "hit_rate", "pull_rows", "push_rows", "pull_rows_per_s", "push_rows_per_s")
+    __slots__ = ("name", "kind", "rows", "bytes_ram", "bytes_disk", "hits", "misses", "hit_rate", "pull_rows", "push_rows", "pull_rows_per_s", "push_rows_per_s", "pull_bytes", "push_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +247,8 @@ class TableStats(_message.Message):
     PUSH_ROWS_FIELD_NUMBER: _ClassVar[int]
     PULL_ROWS_PER_S_FIELD_NUMBER: _ClassVar[int]
     PUSH_ROWS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PULL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PUSH_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     rows: int
@@ -259,7 +261,9 @@ class TableStats(_message.Message):
     push_rows: int
     pull_rows_per_s: float
     push_rows_per_s: float
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., rows: _Optional[int] = ..., bytes_ram: _Optional[int] = ..., bytes_disk: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., hit_rate: _Optional[float] = ..., pull_rows: _Optional[int] = ..., push_rows: _Optional[int] = ..., pull_rows_per_s: _Optional[float] = ..., push_rows_per_s: _Optional[float] = ...) -> None: ...
+    pull_bytes: int
+    push_bytes: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., rows: _Optional[int] = ..., bytes_ram: _Optional[int] = ..., bytes_disk: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., hit_rate: _Optional[float] = ..., pull_rows: _Optional[int] = ..., push_rows: _Optional[int] = ..., pull_rows_per_s: _Optional[float] = ..., push_rows_per_s: _Optional[float] = ..., pull_bytes: _Optional[int] = ..., push_bytes: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()
