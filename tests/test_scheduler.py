@@ -94,6 +94,8 @@ def test_run_leaves_metrics_plot_checkpoints_and_logs(tmp_path):
         assert (run_dir / path).exists(), path
     assert steps_recorded(run_dir, 1) == set(range(40))
     assert "succeeded" in result.stderr
+    token = (tmp_path / "runs" / ".scheduler" / "token").read_text()
+    assert re.search(rf"^dashboard: http://127\.0\.0\.1:\d+/#token={token}$", result.stderr, re.M), result.stderr
     import sqlite3
 
     from seraphim.scheduler.launchers import process_alive
