@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import traceback
 from typing import Any, Callable
 
@@ -47,20 +48,21 @@ def _unary(method: Callable[[Any, Any], Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def rpc(self: "PSService", request: Any, context: grpc.ServicerContext) -> Any:
-        with self.rpc.timed(name) as sizes:
-            sizes.received = _size(request)
-            try:
-                reply = _answer(name, lambda r: method(self, r), request, context)
-            except Exception:
-                self.rpc.error(name, _code_name(context))
-                raise
-            sizes.sent = _size(reply)
-            if sizes.sent > self.max_message_bytes:
-                self.rpc.error(name, grpc.StatusCode.RESOURCE_EXHAUSTED.name)
+        start, received, sent = time.perf_counter(), _size(request), 0
+        try:
+            reply = _answer(name, lambda r: method(self, r), request, context)
+            size = _size(reply)
+            if size > self.max_message_bytes:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"{name} reply of {sizes.sent} bytes exceeds the message limit of "
+                              f"{name} reply of {size} bytes exceeds the message limit of "
                               f"{self.max_message_bytes}; repeat the call through Chunked")
+            sent = size
             return reply
+        except Exception:
+            self.rpc.error(name, _code_name(context))
+            raise
+        finally:
+            self.rpc.observe(name, time.perf_counter() - start, sent, received)
 
     rpc.handler = method
     return rpc
@@ -140,6 +142,9 @@ class PSService(ps_pb2_grpc.ParameterServerServicer):
         return self.ps.health()
 
     def Chunked(self, request_iterator, context):
-        with self.rpc.timed("Chunked"):
+        start = time.perf_counter()
+        try:
             yield from serve_chunked(request_iterator, context, self._routes,
                                      chunk_bytes=min(CHUNK_BYTES, self.max_message_bytes // 2))
+        finally:
+            self.rpc.observe("Chunked", time.perf_counter() - start)

@@ -215,8 +215,8 @@ class PSClient:
         timeout_s = timeout_s or self.timeout_s
         deadline = time.monotonic() + self.retry_s
         delay = 0.05
-        with self.rpc.timed(method) as sizes:
-            sizes.sent = size
+        start, received = time.perf_counter(), 0
+        try:
             while True:
                 try:
                     if chunked:
@@ -224,7 +224,7 @@ class PSClient:
                     else:
                         reply = self._shards[shard].method(method)(request, timeout=timeout_s,
                                                                    metadata=self._metadata)
-                    sizes.received = len(reply) if isinstance(reply, bytes) else reply.ByteSize()
+                    received = len(reply) if isinstance(reply, bytes) else reply.ByteSize()
                     return reply
                 except grpc.RpcError as err:
                     if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not chunked:
@@ -235,6 +235,8 @@ class PSClient:
                         raise from_rpc_error(err, self._shards[shard].where) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        finally:
+            self.rpc.observe(method, time.perf_counter() - start, size, received)
 
     def _chunked_call(self, shard: int, method: str, request: Any, reply_cls: type | None, timeout_s: float) -> Any:
         payload = request if isinstance(request, bytes) else request.SerializeToString()
