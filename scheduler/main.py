@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(master), server)
     try:
         web = _web_server(a, master, token, tls)
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ssl.SSLError) as exc:  # SSLError: a certificate and key that do not belong together
         master.close()
-        print(f"seraphim scheduler: HTTP port: {exc}", file=sys.stderr)
+        print(f"seraphim scheduler: cannot serve HTTP on {a.http_host or a.host}:{a.http_port}: "
+              f"{exc.strerror or exc} (--http-port: another port, or 0 for a free one)", file=sys.stderr)
         return 1
     server.start()
     log.info("scheduler serving on %s:%d (data %s)", a.host, port, a.data_dir)
