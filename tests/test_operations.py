@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import SchedulerUnderTest, kill_schedulers
 from test_scheduler import done, tiny_job, wait_for
 
-STEPS = 30
+STEPS = 20
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
@@ -126,7 +126,7 @@ def test_dashboard_renders_the_job_in_a_real_browser(finished_job, tmp_path):
     sched, status = finished_job
     url = f"http://127.0.0.1:{sched.http_port}/#token={sched.token}&job={status.job_id}"
     flags = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--virtual-time-budget=6000", f"--user-data-dir={tmp_path / 'profile'}"]
+             "--virtual-time-budget=4000", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=60).stdout
     jobs_row = re.search(rf'<tr data-job="{status.job_id}"[^>]*>(.*?)</tr>', dom, re.S)
     assert jobs_row and "SUCCEEDED" in jobs_row.group(1) and f"{STEPS}/{STEPS}" in jobs_row.group(1), dom[:2000]

@@ -106,7 +106,7 @@ function renderJob(job) {
     `${job.restarts} restarts, ${duration(job.duration_s)}, run directory ${job.run_dir}${reason}`);
   document.querySelector("#processes tbody").replaceChildren(...job.processes.map((p) => el("tr", {},
     el("td", {}, p.name), el("td", {}, p.state), el("td", {}, p.host), el("td", { class: "num" }, p.pid),
-    el("td", { class: "num" }, p.attempt), el("td", { class: "num" }, p.step),
+    el("td", { class: "num" }, p.attempt), el("td", { class: "num" }, p.role === "worker" ? p.step : ""),
     el("td", { class: "num" }, p.heartbeat_age_s === null ? "" : p.heartbeat_age_s.toFixed(1) + " s"),
     el("td", {}, p.address))));
 }
