@@ -26,6 +26,7 @@ ALGORITHM_MODULES: dict[str, str] = {
     "vfl.blindfl": "seraphim.algorithms.vfl.job",
     "beamvq": "seraphim.algorithms.beamvq.job",
     "lm.transformer": "seraphim.algorithms.transformer.job",
+    "lm.moe": "seraphim.algorithms.moe.job",
     "lr_scaling.sweep": "seraphim.algorithms.lr_scaling_sweep",
     "lr_scaling.trial": "seraphim.algorithms.lr_scaling_trial",
 }

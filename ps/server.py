@@ -160,7 +160,8 @@ class ParameterServer:
                              hits=int(s.get("hits", 0)), misses=int(s.get("misses", 0)),
                              hit_rate=float(s.get("hit_rate", 0.0)), pull_rows=pulls.rows, push_rows=pushes.rows,
                              pull_rows_per_s=pulls.rate, push_rows_per_s=pushes.rate, pull_bytes=pulls.bytes,
-                             push_bytes=pushes.bytes)
+                             push_bytes=pushes.bytes,
+                             applied_grad_sq=table.versions.recorded_grad_sq() if table.versions is not None else {})
         return reply
 
     def health(self) -> ps_pb2.HealthReply:

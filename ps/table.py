@@ -183,7 +183,13 @@ class PSTable:
         """Apply gradients (optimizer), assign or add `values` [len(keys), dim] to unique keys; returns the rows
         taken. A versioned table sums the gradients of `version` over its workers first (see ps/versions.py);
         `lr_factor` multiplies the learning rate of this update."""
-        if values.shape != (len(keys), self.layout.dim):
+        if mode == ps_pb2.ABSENT:
+            if self.versions is None:
+                raise InvalidArgument(f"push to {self.name!r}: mode ABSENT (no gradient at a version) applies to "
+                                      f"versioned tables only; this one applies every push")
+            if values.size:
+                raise InvalidArgument(f"push to {self.name!r}: mode ABSENT carries keys only, got {values.size} values")
+        elif values.shape != (len(keys), self.layout.dim):
             raise InvalidArgument(f"push to {self.name!r}: values have shape {list(values.shape)}, expected "
                                   f"[{len(keys)}, {self.layout.dim}] (one row of dim {self.layout.dim} per key)")
         ordered = np.sort(keys)  # 5 us for 2k keys (SIMD sort); np.unique, with its masks and copies, takes 90
@@ -193,8 +199,8 @@ class PSTable:
                                   f"before pushing (the PS client does this)")
         if not (lr_factor > 0 and np.isfinite(lr_factor)):
             raise InvalidArgument(f"push to {self.name!r}: lr_scale must be a finite number > 0, got {lr_factor}")
-        if mode == ps_pb2.GRADIENT and self.versions is not None:
-            grads = self._as_float32(values)
+        if mode in (ps_pb2.GRADIENT, ps_pb2.ABSENT) and self.versions is not None:
+            grads = None if mode == ps_pb2.ABSENT else self._as_float32(values)
             return self.versions.add(self.slots(keys), grads, version, worker, lr_factor,
                                      lambda rows, sums, factor: self._apply_gradients(rows + self.row_start, sums,
                                                                                       factor))
@@ -204,7 +210,7 @@ class PSTable:
             with self.versions.cond if self.versions is not None else nullcontext():
                 self._set_values(keys, values, add=mode == ps_pb2.ADD)
         else:
-            raise InvalidArgument(f"push to {self.name!r}: unknown mode {mode}; use GRADIENT, ASSIGN or ADD")
+            raise InvalidArgument(f"push to {self.name!r}: unknown mode {mode}; use GRADIENT, ASSIGN, ADD or ABSENT")
         return len(keys)
 
     def _apply_gradients(self, keys: np.ndarray, values: np.ndarray, lr_factor: float = 1.0) -> None:

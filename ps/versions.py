@@ -32,6 +32,7 @@ import numpy as np
 
 from seraphim.proto.errors import DeadlineExceeded, InvalidArgument
 
+RECORDED_VERSIONS = 64  # versions whose applied gradient norm a table keeps (Stats' applied_grad_sq)
 ApplyFn = Callable[[np.ndarray, np.ndarray, float], None]  # (local rows, summed gradients, lr factor)
 
 
@@ -100,11 +101,14 @@ class VersionedRows:
         self.cond = threading.Condition()
         self._pending: dict[int, _Accumulator] = {}
         self.dropped_rows = 0  # pushes for versions a row had passed, or repeated by the same worker
+        self.applied_grad_sq: dict[int, float] = {}  # version -> |summed gradient|^2 of the rows applied so far
 
-    def add(self, rows: np.ndarray, grads: np.ndarray, version: int, worker: int, lr_factor: float,
+    def add(self, rows: np.ndarray, grads: np.ndarray | None, version: int, worker: int, lr_factor: float,
             apply: ApplyFn) -> int:
         """Add one worker's gradients of `version` for unique local `rows`; apply every version that completes.
-        Returns the number of rows taken (the rest were dropped as already applied or already added)."""
+        grads None: the worker has no gradient for these rows (a routed expert its tokens did not choose), a zero
+        contribution that completes their sum without bytes. Returns the number of rows taken (the rest were dropped
+        as already applied or already added)."""
         if not 0 <= worker < self.sum_workers:
             raise InvalidArgument(f"push to versioned table {self.table!r} from worker {worker}: its gradients are "
                                   f"summed over workers 0..{self.sum_workers - 1}")
@@ -113,18 +117,23 @@ class VersionedRows:
         with self.cond:
             current = self.versions[rows] <= version
             taken = len(rows)
-            if self.sum_workers == 1 and version not in self._pending and (self.versions[rows] == version).all():
+            if (self.sum_workers == 1 and grads is not None and version not in self._pending
+                    and (self.versions[rows] == version).all()):
                 apply(rows, grads, lr_factor)  # nothing to sum: the common one-worker step, without a copy
+                self._record(version, grads)
                 self.versions[rows] += 1
             else:
-                rows, grads = rows[current], grads[current]
+                rows = rows[current]
+                if grads is not None:
+                    grads = grads[current]
                 acc = self._pending.get(version)
                 if acc is None:
                     acc = self._pending[version] = _Accumulator(len(self.versions), self.dim, self.sum_workers)
                 slots = acc.slots(rows)
                 fresh = ~acc.added[slots, worker]
                 rows, slots = rows[fresh], slots[fresh]
-                acc.sums[slots] += grads[fresh]
+                if grads is not None:
+                    acc.sums[slots] += grads[fresh]
                 acc.added[slots, worker] = True
                 acc.counts[slots] += 1
                 acc.lr_factor = lr_factor
@@ -146,12 +155,26 @@ class VersionedRows:
                 ready = (acc.counts[slots] == self.sum_workers) & (self.versions[rows] == version)
                 if ready.any():
                     rows, slots = rows[ready], slots[ready]
-                    apply(rows, acc.sums[slots], acc.lr_factor)
+                    sums = acc.sums[slots]
+                    apply(rows, sums, acc.lr_factor)
+                    self._record(version, sums)
                     self.versions[rows] = version + 1
                     acc.release(rows)
                     progressed = True
                 if acc.empty:
                     del self._pending[version]
+
+    def _record(self, version: int, sums: np.ndarray) -> None:
+        """Add an applied gradient sum's squared norm to its version's (the last RECORDED_VERSIONS are kept)."""
+        self.applied_grad_sq[version] = self.applied_grad_sq.get(version, 0.0) + float(
+            np.einsum("ij,ij->", sums, sums, dtype=np.float64))
+        while len(self.applied_grad_sq) > RECORDED_VERSIONS:
+            del self.applied_grad_sq[min(self.applied_grad_sq)]
+
+    def recorded_grad_sq(self) -> dict[int, float]:
+        """A copy of the recent versions' applied gradient norms (taken under the lock updates hold)."""
+        with self.cond:
+            return dict(self.applied_grad_sq)
 
     @contextmanager
     def reading(self, rows: np.ndarray, min_version: int, wait_s: float) -> Iterator[np.ndarray]:

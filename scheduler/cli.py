@@ -246,8 +246,9 @@ def cmd_lr_advise(args: argparse.Namespace) -> int:
         lr = float(lr_curve(args.optimizer, args.batch, b_noise, sweep["eps_max"]))
         formula = f"{law} with the sweep's eps_max={sweep['eps_max']:.4g} (eq. 23)"
     else:
-        raise CLIError(f"no reference point: {run_dir / 'job.yaml'} has no train.batch_size and train.lr; pass "
-                       "--ref-batch B0 --ref-lr LR0 (a batch size and its tuned learning rate)")
+        raise CLIError(f"no reference point: {run_dir / 'job.yaml'} has no train.batch_size and train.lr (language "
+                       "models: train.batch_size, train.seq_len and train.optimizer.lr); pass --ref-batch B0 "
+                       "--ref-lr LR0 (a batch size and its tuned learning rate)")
     print(f"b_noise: {b_noise:.6g}  ({source})")
     print(f"lr: {lr:.6g}  ({formula} at B={args.batch:g})")
     return 0
@@ -289,11 +290,20 @@ def _logged_b_noise(run_dir: Path) -> tuple[float, str]:
 
 
 def _job_reference(run_dir: Path) -> tuple[float, float] | None:
-    """``train.batch_size`` and ``train.lr`` of the run's job.yaml, when it has both."""
+    """The run's batch and learning rate from its job.yaml: ``train.batch_size`` and ``train.lr``; for language
+    models (``train.seq_len`` and ``train.optimizer.lr``) the global batch in tokens, the unit of the b_noise they
+    log: batch_size x seq_len x cluster.workers."""
     job = run_dir / "job.yaml"
-    train = (yaml.safe_load(job.read_text()) or {}).get("train", {}) if job.exists() else {}
-    if isinstance(train, dict) and "batch_size" in train and "lr" in train:
+    spec = (yaml.safe_load(job.read_text()) or {}) if job.exists() else {}
+    train = spec.get("train", {})
+    if not isinstance(train, dict) or "batch_size" not in train:
+        return None
+    if "lr" in train:
         return float(train["batch_size"]), float(train["lr"])
+    lr = (train.get("optimizer") or {}).get("lr")
+    if "seq_len" in train and lr is not None:
+        workers = (spec.get("cluster") or {}).get("workers", 1)
+        return float(train["batch_size"] * train["seq_len"] * workers), float(lr)
     return None
 
 

@@ -163,7 +163,9 @@ def test_lr_advise_reads_the_last_logged_b_noise_and_the_jobs_batch_and_lr(tmp_p
     assert "b_noise: 100  (last logged b_noise metric, step 2, mean over workers)" in out
     assert "lr: 0.01  (eq. 2 (Surge, Adam) through B0=25, lr0=0.008 at B=100)" in out
     assert seraphim(["lr-advise", str(run), "--batch", "100"]) == 1
-    assert "has no train.batch_size and train.lr; pass --ref-batch B0 --ref-lr LR0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has no train.batch_size and train.lr (language models: train.batch_size, train.seq_len" in err
+    assert "pass --ref-batch B0 --ref-lr LR0" in err
     (run / "job.yaml").write_text(yaml.safe_dump({"name": "t", "train": {"batch_size": 25, "lr": 0.008}}))
     assert seraphim(["lr-advise", str(run), "--batch", "300", "--optimizer", "sgd"]) == 0
     assert "lr: 0.03  (eq. 1 (McCandlish, SGD) through B0=25, lr0=0.008" in capsys.readouterr().out

@@ -63,6 +63,38 @@ def test_two_workers_gradients_are_summed_and_applied_once_per_version(shared_ps
         np.testing.assert_allclose(rows[4:], ref.detach().numpy()[4:], rtol=1e-6, atol=1e-7)
 
 
+def test_an_absent_worker_counts_as_a_zero_gradient_without_sending_values(shared_ps):
+    """Routed experts: worker 1's tokens chose none of rows 0..5, so it abstains from them (keys only); they update
+    from worker 0's gradient alone, as AdamW updates a stacked expert weight whose unchosen slices have zero grad."""
+    rng = np.random.default_rng(1)
+    start = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    keys = np.arange(ROWS)
+    with PSClient(shared_ps.addresses, worker_id=0, num_workers=2) as w0, \
+            PSClient(shared_ps.addresses, worker_id=1, num_workers=2) as w1:
+        t0, t1 = _table(w0, name="absent"), _table(w1, name="absent")
+        t0.push(keys, start, mode="assign")
+        ref = torch.nn.Parameter(torch.from_numpy(start.copy()))
+        opt = torch.optim.AdamW([ref], lr=0.05, weight_decay=0.1)
+        for version in range(3):
+            g0, g1 = (rng.normal(size=(ROWS, DIM)).astype(np.float32) for _ in range(2))
+            g1[:6] = 0.0
+            t0.push(keys, g0, version=version)
+            t1.abstain_async(keys[:6], version).result()
+            assert (t0.pull_versioned(keys[:6], min_version=version + 1, wait_s=5)[1] == version + 1).all()
+            assert (t0.pull_versioned(keys[6:])[1] == version).all()  # still waiting for worker 1's gradient
+            t1.push(keys[6:], g1[6:], version=version)
+            ref.grad = torch.from_numpy(g0 + g1)
+            opt.step()
+            rows, versions = t1.pull_versioned(keys, min_version=version + 1, wait_s=5)
+            np.testing.assert_allclose(rows, ref.detach().numpy(), rtol=1e-6, atol=1e-7)
+            # the global gradient's norm, summed over both shards, for the noise scale
+            assert w0.applied_grad_sq(["absent"], version) == pytest.approx(float(np.sum((g0 + g1) ** 2)), rel=1e-5)
+        assert w0.applied_grad_sq(["absent"], 3) is None
+        dense = w0.dense_table("not_versioned", (ROWS, DIM), optimizer=AdamW(lr=0.05))
+        with pytest.raises(InvalidArgument, match="versioned tables only"):
+            dense.abstain_async(keys, 0).result()
+
+
 def test_a_pull_waits_for_the_version_it_needs_and_a_late_one_names_the_missing_worker(shared_ps):
     keys = np.arange(ROWS)
     with PSClient(shared_ps.addresses, worker_id=0, num_workers=2) as w0, \

@@ -343,6 +343,13 @@ class PSClient:
     def stats(self) -> list[ps_pb2.StatsReply]:
         return self._all("Stats", lambda s: ps_pb2.StatsRequest(), ps_pb2.StatsReply)
 
+    def applied_grad_sq(self, tables: Sequence[str], version: int) -> float | None:
+        """|summed gradient|^2 that versioned `tables` applied at `version`, over every shard (the global batch's
+        gradient, for the noise scale); None when no shard has recorded that version (yet, or any more)."""
+        values = [t.applied_grad_sq[version] for reply in self.stats() for t in reply.tables
+                  if t.name in tables and version in t.applied_grad_sq]
+        return float(sum(values)) if values else None
+
     def health(self) -> list[ps_pb2.HealthReply]:
         return self._all("Health", lambda s: ps_pb2.HealthRequest(), ps_pb2.HealthReply)
 
@@ -363,6 +370,19 @@ class PSClient:
                 raise DeadlineExceeded(f"worker {self.worker_id} waited {timeout_s:.0f}s for worker 0 to write the "
                                        f"initial values of {table!r} to the PS")
             time.sleep(0.05)
+
+    def open_initialized(self, name: str, open_table: Callable[[], T], write: Callable[[T], None], writer: bool,
+                         timeout_s: float) -> T:
+        """Open table `name` whose initial values one writer (worker 0) puts there once: the others wait for its
+        marker before they open it, and a restarted writer rewrites only a table it created or never marked."""
+        if not writer:
+            self.wait_initialized(name, timeout_s)
+        table = open_table()
+        if writer:
+            if table.created or not self.initialized(name):
+                write(table)
+            self.publish_initialized(name)
+        return table
 
     def close(self) -> None:
         try:
@@ -496,6 +516,16 @@ class Table(ABC):
         Keys and values are merged before it returns, so the caller may reuse their buffers at once.
         """
         requests = self._push_requests(keys, values, mode, version, lr_scale)
+        return self.client._submit(lambda: self._send(requests))
+
+    def abstain_async(self, keys: np.ndarray | Sequence[int], version: int) -> Future:
+        """Tell a versioned table that this worker has no gradient for `keys` at `version` (a routed expert none of
+        its tokens chose): keys only on the wire, and the rows update from the other workers' sum without waiting
+        for this one. clock() waits for it like a push."""
+        _, grouped, bounds, _ = self._split(keys)
+        requests = [(s, encode_push_request(self.name, grouped[lo:hi], np.empty((hi - lo, 0), dtype=np.float32),
+                                            ps_pb2.ABSENT, self.client.worker_id, self._wire, version))
+                    for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if hi > lo]
         return self.client._submit(lambda: self._send(requests))
 
     def _push_requests(self, keys: np.ndarray | Sequence[int], values: np.ndarray, mode: str, version: int = 0,

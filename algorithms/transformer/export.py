@@ -13,16 +13,16 @@ import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from safetensors.torch import save_file
 
 from seraphim.algorithms.transformer.data import END_OF_TEXT, TOKENIZER_FILE, load_tokenizer
 from seraphim.algorithms.transformer.model import TransformerConfig
-from seraphim.worker.paged import PagedModel
 
 LM_CONFIG = "lm_config.json"
+MOE_CONFIG = "moe_config.json"
 INDEX = "model.safetensors.index.json"
 SHARD_BYTES = 1 << 30
 
@@ -31,16 +31,17 @@ class ExportError(ValueError):
     """A run directory that holds no exportable model."""
 
 
-def write_model(paged: PagedModel, config: TransformerConfig, corpus_dir: Path, out: Path,
-                shard_bytes: int = SHARD_BYTES) -> Path:
-    """The paged model's final weights as safetensors shards (and their index), its config and the tokenizer."""
+def write_model(tensors: Iterable[tuple[str, torch.Tensor]], config: Any, corpus_dir: Path, out: Path,
+                shard_bytes: int = SHARD_BYTES, config_file: str = LM_CONFIG) -> Path:
+    """A model's final weights (streamed, e.g. a paged model's named_tensors()) as safetensors shards and their
+    index, its config (a dataclass, as config_file) and the tokenizer."""
     out.mkdir(parents=True, exist_ok=True)
-    shards = _write_shards(paged.named_tensors(), out, shard_bytes)
+    shards = _write_shards(tensors, out, shard_bytes)
     weight_map = {name: file for file, names in shards for name in names}
     total = sum((out / file).stat().st_size for file, _ in shards)
     (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     shutil.copyfile(corpus_dir / TOKENIZER_FILE, out / TOKENIZER_FILE)
-    (out / LM_CONFIG).write_text(json.dumps(asdict(config), indent=2))
+    (out / config_file).write_text(json.dumps(asdict(config), indent=2))
     return out
 
 
@@ -74,6 +75,9 @@ def _write_shards(tensors: Iterable[tuple[str, torch.Tensor]], out: Path,
 def export_run(run_dir: Path, out: Path) -> Path:
     """A Hugging Face Llama directory from a finished lm.transformer run's ``model/``."""
     model_dir = run_dir / "model"
+    if (model_dir / MOE_CONFIG).exists():
+        raise ExportError(f"{model_dir} holds an lm.moe model (Hunyuan-style names, {MOE_CONFIG}); the Hugging Face "
+                          f"export is for lm.transformer's Llama models: read its safetensors directly")
     if not (model_dir / LM_CONFIG).exists() or not (model_dir / INDEX).exists():
         raise ExportError(f"{model_dir} holds no trained model ({LM_CONFIG} and {INDEX}); it is written by worker "
                           f"0 of an lm.transformer job after its last step: did the job finish?")

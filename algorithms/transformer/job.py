@@ -14,13 +14,16 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
 
+from seraphim.algorithms.lr_scaling import GradientNoiseScale
 from seraphim.algorithms.registry import Job, JobContext, register
 from seraphim.algorithms.transformer.data import (TextDataError, TextSourceSpec, TokenData, load_tokenizer,
                                                    prepare_corpus, wait_for_corpus)
@@ -218,29 +221,73 @@ class TransformerLMJob(Job):
         return []
 
     def run(self, ctx: JobContext) -> dict[str, Any]:
-        return _Run(self.spec, ctx).train()
+        return LMRun(self.spec, ctx).train()
 
 
-class _Run:
-    """One worker's training run."""
+class LMRun:
+    """One worker's training run of a language model on paged PS states. Its hooks (model, memo, training_step,
+    inference, step_metrics, generate, write_model, summary_extra, gradient_tables, step_grad_sq, close) are what another LM workload (``lm.moe``)
+    overrides; the corpus, the loop, evaluation and sampling are shared."""
 
-    def __init__(self, spec: LMSpec, ctx: JobContext) -> None:
+    def __init__(self, spec: Any, ctx: JobContext) -> None:
         self.spec, self.ctx = spec, ctx
         self.corpus_dir = ctx.run_dir / "data"
         self.world = ctx.world_size
         torch.manual_seed(spec.seed)
 
+    # -- hooks -----------------------------------------------------------------------------------------------------
+    def model(self) -> tuple[Any, nn.Module]:
+        """The model's config and the model on the meta device (the paged runtime fills it)."""
+        config = self.spec.model.config(self.spec.data.vocab_size)
+        return config, build_model(config, seed=self.spec.seed, device="meta")
+
+    @contextmanager
+    def training_step(self, paged: PagedModel, step: int, lr_scale: float) -> Iterator[None]:
+        with paged.step(step, lr_scale=lr_scale, last_step=self.spec.steps - 1):
+            yield
+
+    @contextmanager
+    def inference(self, paged: PagedModel) -> Iterator[None]:
+        with paged.inference():
+            yield
+
+    def step_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Workload-specific metrics of the step just run."""
+        return {}
+
+    def generate(self, model: nn.Module, ids: torch.Tensor, generator: torch.Generator,
+                 stop_token: int | None) -> torch.Tensor:
+        g = self.spec.generate
+        return model.generate(ids, g.max_new_tokens, g.temperature, g.top_k, generator, stop_token=stop_token)
+
+    def write_model(self, paged: PagedModel, config: Any) -> None:
+        """Worker 0 writes the trained model under the run directory."""
+        write_model(paged.named_tensors(), config, self.corpus_dir, self.ctx.run_dir / "model")
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {}
+
+    def gradient_tables(self) -> list[str]:
+        """The versioned PS tables this run pushes gradients to (their applied norms give the noise scale)."""
+        return [TABLE]
+
+    def step_grad_sq(self, paged: PagedModel) -> float:
+        """|gradient this worker pushed in the step just run|^2, over every table of gradient_tables()."""
+        return paged.grads.step_grad_sq
+
+    def close(self) -> None:
+        """Release what the hooks opened."""
+
     def train(self) -> dict[str, Any]:
         spec, ctx = self.spec, self.ctx
         corpus = self._corpus()
-        config = spec.model.config(spec.data.vocab_size)
+        config, model = self.model()
         if corpus["vocab_size"] > config.vocab_size:
             raise TextDataError(f"the run's tokenizer has {corpus['vocab_size']} tokens but the model's vocabulary "
                                 f"is {config.vocab_size} (data.vocab_size changed since {self.corpus_dir} was "
                                 f"written); use a new run directory or the old vocab_size")
         data = TokenData.open(self.corpus_dir)
         data.check(spec.seq_len)
-        model = build_model(config, seed=spec.seed, device="meta")
         stats = ctx.ps.stats()
         paged = self._paged(model, int(stats[0].page_bytes))
         ctx.log.info("model %s: %.1fM parameters in %d pages of %d KiB (%d PS rows of %d values each); worker page "
@@ -248,22 +295,23 @@ class _Run:
                      config.parameter_count() / 1e6, paged.layout.n_pages, spec.paging.page_kb,
                      paged.rows.rows_per_page, paged.rows.row_dim, paged.budget_bytes / 2**20,
                      sum(s.ram_budget for s in stats) / 2**20, len(stats))
-        memo = self._memo(model, paged, data)
+        memo = self.memo(model, paged, data)
         try:
             history = self._loop(model, paged, data, memo)
             evaluation = self._evaluate(model, paged, data)
             result = self._summary(config, paged, history, evaluation)
             if ctx.rank == 0:
                 result["samples"] = self._samples(model, paged)
-                write_model(paged, config, self.corpus_dir, ctx.run_dir / "model")
+                self.write_model(paged, config)
             return result
         finally:
+            self.close()
             paged.close()
             if memo is not None:
                 memo.tier.close()
 
-    def _memo(self, model: TransformerLM, paged: PagedModel, data: TokenData) -> TokenwiseMemo | None:
-        """MEMO on the layers (all but the last two), with alpha from its LP unless the spec gives it."""
+    def memo(self, model: nn.Module, paged: PagedModel, data: TokenData) -> TokenwiseMemo | None:
+        """Hook: MEMO on the layers (all but the last two), with alpha from its LP unless the spec gives it."""
         spec, ctx = self.spec, self.ctx
         if spec.memory.swap == "off":
             return None
@@ -323,7 +371,7 @@ class _Run:
             return meta
         return wait_for_corpus(self.corpus_dir, timeout_s=900)
 
-    def _paged(self, model: TransformerLM, ps_page_bytes: int) -> PagedModel:
+    def _paged(self, model: nn.Module, ps_page_bytes: int) -> PagedModel:
         spec, ctx = self.spec, self.ctx
         o = spec.optimizer
         optimizer = AdamW(lr=o.lr, beta1=o.beta1, beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay)
@@ -341,23 +389,28 @@ class _Run:
         spec, ctx = self.spec, self.ctx
         history = []
         tokens = spec.batch_size * spec.seq_len
+        noise = GradientNoiseScale(decay=0.95)
+        local_grad_sq: dict[int, float] = {}
         for step in range(ctx.start_step, spec.steps):
             x, y = data.batch("train", step, ctx.rank, self.world, spec.batch_size, spec.seq_len, spec.seed)
             started = time.perf_counter()
-            with paged.step(step, lr_scale=spec.optimizer.scale(step, spec.steps), last_step=spec.steps - 1):
+            with self.training_step(paged, step, spec.optimizer.scale(step, spec.steps)):
                 loss = model(torch.from_numpy(x), torch.from_numpy(y))
                 (loss / self.world).backward()
             ctx.ps.clock()
             elapsed = time.perf_counter() - started
+            local_grad_sq[step] = self.step_grad_sq(paged)
             report = paged.report()
             metrics = {"train_loss": loss.item(), "tokens_per_s": tokens / elapsed,
                        "pages_in_flight": report.pages_in_flight,
                        "bytes_moved_mb": (report.pulled_bytes + report.pushed_bytes) / 2**20,
                        "stall_s": report.stall_s, "lr": spec.optimizer.lr * spec.optimizer.scale(step, spec.steps),
                        "saved_activations_mb": paged.activations.stats.peak_bytes / 2**20}
+            metrics.update(self.step_metrics(model))
+            metrics.update(self._noise_scale(noise, local_grad_sq, step - 1, tokens))
             if memo is not None:
                 metrics.update(alpha=memo.alpha, tier_mb=memo.tier.stats.put_bytes / 2**20)
-            if step == ctx.start_step and spec.memory.plan != "off":
+            if step == ctx.start_step and memo is not None and spec.memory.plan != "off":
                 self._install_plan(paged)
             if paged.activations.planned_bytes:
                 metrics["planned_peak_mb"] = paged.activations.planned_bytes / 2**20
@@ -367,12 +420,24 @@ class _Run:
             history.append(metrics)
         return history
 
+    def _noise_scale(self, noise: GradientNoiseScale, local_grad_sq: dict[int, float], version: int,
+                     tokens: int) -> dict[str, float]:
+        """McCandlish's gradient noise scale in tokens from a finished version: this worker's gradient (its share of
+        the batch: the pushed gradient of loss / W, times W) against the global sum the PS shards applied."""
+        if self.world < 2 or version not in local_grad_sq:
+            return {}
+        global_sq = self.ctx.ps.applied_grad_sq(self.gradient_tables(), version)
+        if global_sq is None:
+            return {}
+        noise.observe(self.world ** 2 * local_grad_sq.pop(version), global_sq, tokens, tokens * self.world)
+        return noise.metrics()
+
     @torch.no_grad()
     def _evaluate(self, model: TransformerLM, paged: PagedModel, data: TokenData) -> dict[str, float]:
         """Mean held-out loss over this worker's share of the evaluation batches."""
         spec, ctx = self.spec, self.ctx
         losses = []
-        with paged.inference():
+        with self.inference(paged):
             for batch in range(ctx.rank, spec.eval_batches, self.world):
                 x, y = data.batch("val", batch, 0, 1, spec.batch_size, spec.seq_len, spec.seed)
                 losses.append(model(torch.from_numpy(x), torch.from_numpy(y)).item())
@@ -386,16 +451,15 @@ class _Run:
         tokenizer = load_tokenizer(self.corpus_dir)
         generator = torch.Generator().manual_seed(self.spec.seed)
         samples = []
-        with paged.inference():
+        with self.inference(paged):
             for prompt in spec.prompts:
                 ids = torch.tensor([tokenizer.encode(prompt).ids], dtype=torch.int64)
-                out = model.generate(ids, spec.max_new_tokens, spec.temperature, spec.top_k, generator,
-                                     stop_token=tokenizer.token_to_id("<|endoftext|>"))
+                out = self.generate(model, ids, generator, tokenizer.token_to_id("<|endoftext|>"))
                 samples.append(tokenizer.decode(out[0].tolist()))
         (self.ctx.run_dir / "samples.txt").write_text("\n\n-----\n\n".join(samples) + "\n")
         return samples
 
-    def _summary(self, config: TransformerConfig, paged: PagedModel, history: list[dict[str, float]],
+    def _summary(self, config: Any, paged: PagedModel, history: list[dict[str, float]],
                  evaluation: dict[str, float]) -> dict[str, Any]:
         report = paged.report()
         steady = [h["tokens_per_s"] for h in history[1:]] or [h["tokens_per_s"] for h in history]
@@ -415,4 +479,5 @@ class _Run:
             "activations_unplanned": paged.activations.stats.unplanned,
         }
         result.update(evaluation)
+        result.update(self.summary_extra())
         return result

@@ -115,6 +115,18 @@ class KVCache:
         return self.keys[layer], self.values[layer]
 
 
+def init_by_name(seed: int, std: float, name: str, tensor: torch.Tensor) -> None:
+    """Fill parameter `name`'s tensor: norms with ones, weights with N(0, std) from a generator seeded by the model
+    seed and the name (Hugging Face Llama's initializer, made order-independent: a model built on the meta device and
+    filled page by page equals one built in RAM)."""
+    if name.endswith("norm.weight"):
+        tensor.fill_(1.0)
+        return
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+    with torch.no_grad():
+        tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+
+
 # -- blocks ----------------------------------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight, computed in float32."""
@@ -171,11 +183,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, c: TransformerConfig) -> None:
+    def __init__(self, dim: int, ffn_dim: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(c.dim, c.ffn_dim, bias=False)
-        self.up_proj = nn.Linear(c.dim, c.ffn_dim, bias=False)
-        self.down_proj = nn.Linear(c.ffn_dim, c.dim, bias=False)
+        self.gate_proj = nn.Linear(dim, ffn_dim, bias=False)
+        self.up_proj = nn.Linear(dim, ffn_dim, bias=False)
+        self.down_proj = nn.Linear(ffn_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))            # (B, S, D)
@@ -187,7 +199,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(c.dim, c.norm_eps)
         self.self_attn = Attention(c, layer)
         self.post_attention_layernorm = RMSNorm(c.dim, c.norm_eps)
-        self.mlp = MLP(c)
+        self.mlp = MLP(c.dim, c.ffn_dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None) -> torch.Tensor:
@@ -252,41 +264,42 @@ class TransformerLM(nn.Module):
 
     # -- initialization --------------------------------------------------------------------------------------------
     def init_tensor(self, name: str, tensor: torch.Tensor) -> None:
-        """Fill parameter `name`'s tensor: norms with ones, weights with N(0, init_std) from a generator seeded by
-        the model seed and the name (Hugging Face Llama's initializer, made order-independent)."""
-        if name.endswith("norm.weight"):
-            tensor.fill_(1.0)
-            return
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{name}".encode()))
-        with torch.no_grad():
-            tensor.copy_(torch.randn(tensor.shape, generator=generator) * self.config.init_std)
+        """Fill parameter `name`'s tensor (see init_by_name)."""
+        init_by_name(self.seed, self.config.init_std, name, tensor)
 
     @torch.no_grad()
     def initialize(self) -> None:
         for name, param in self.named_parameters():
             self.init_tensor(name, param.data)
 
-    @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.8, top_k: int = 50,
                  generator: torch.Generator | None = None, stop_token: int | None = None) -> torch.Tensor:
         """Sample continuations of prompts [B, S] one token at a time with a KV cache; returns [B, S + new]."""
-        cache = KVCache()
-        tokens = prompt
-        logits = self(prompt, cache=cache)[:, -1]                                      # (B, V)
-        for _ in range(max_new_tokens):
-            if tokens.shape[1] >= self.config.max_seq_len:
-                break
-            if temperature <= 0:
-                nxt = logits.argmax(-1, keepdim=True)                                  # (B, 1)
-            else:
-                top = torch.topk(logits.float() / temperature, min(top_k, logits.shape[-1]))
-                probs = torch.softmax(top.values, dim=-1)
-                nxt = top.indices.gather(-1, torch.multinomial(probs, 1, generator=generator))
-            tokens = torch.cat([tokens, nxt], dim=1)
-            if stop_token is not None and bool((nxt == stop_token).all()):
-                break
-            logits = self(nxt, cache=cache)[:, -1]
-        return tokens
+        return sample(self, KVCache(), self.config.max_seq_len, prompt, max_new_tokens, temperature, top_k,
+                      generator, stop_token)
+
+
+@torch.no_grad()
+def sample(model: nn.Module, cache: object, max_seq_len: int, prompt: torch.Tensor, max_new_tokens: int,
+           temperature: float = 0.8, top_k: int = 50, generator: torch.Generator | None = None,
+           stop_token: int | None = None) -> torch.Tensor:
+    """Top-k sampling from any LM called as model(tokens, cache=cache) -> logits [B, S, V]; returns [B, S + new]."""
+    tokens = prompt
+    logits = model(prompt, cache=cache)[:, -1]                                         # (B, V)
+    for _ in range(max_new_tokens):
+        if tokens.shape[1] >= max_seq_len:
+            break
+        if temperature <= 0:
+            nxt = logits.argmax(-1, keepdim=True)                                      # (B, 1)
+        else:
+            top = torch.topk(logits.float() / temperature, min(top_k, logits.shape[-1]))
+            probs = torch.softmax(top.values, dim=-1)
+            nxt = top.indices.gather(-1, torch.multinomial(probs, 1, generator=generator))
+        tokens = torch.cat([tokens, nxt], dim=1)
+        if stop_token is not None and bool((nxt == stop_token).all()):
+            break
+        logits = model(nxt, cache=cache)[:, -1]
+    return tokens
 
 
 def build_model(config: TransformerConfig, seed: int = 0, device: str | torch.device = "cpu") -> TransformerLM:

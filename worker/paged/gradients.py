@@ -41,6 +41,7 @@ class PageGradients:
         self._early = True
         self.pushed: set[int] = set()
         self.pushed_bytes = 0
+        self.step_grad_sq = 0.0  # |pushed gradient|^2 of the current step (the gradient noise scale's small batch)
         self.on_push: Callable[[int], None] = lambda page: None
 
     def begin(self, version: int, lr_scale: float, early: bool) -> None:
@@ -50,6 +51,7 @@ class PageGradients:
             raise RuntimeError("the previous step's gradient pages were not finished")
         self._version, self._lr_scale, self._early = version, lr_scale, early
         self.pushed = set()
+        self.step_grad_sq = 0.0
 
     def add(self, name: str, grad: torch.Tensor) -> None:
         """A tensor's gradient for this step (its full shape)."""
@@ -86,4 +88,5 @@ class PageGradients:
                               lr_scale=self._lr_scale)
         self.pushed.add(page)
         self.pushed_bytes += values.nbytes
+        self.step_grad_sq += float(np.einsum("i,i->", values, values, dtype=np.float64))
         self.on_push(page)

@@ -193,15 +193,10 @@ class PagedModel:
         shards = self.client.num_shards
         pages = -(-self.layout.n_pages // shards) * shards  # whole pages per shard: a page is one shard's rows
         shape = (pages * self.rows.rows_per_page, self.rows.row_dim)
-        if rank != 0:
-            self.client.wait_initialized(self.name, ready_timeout_s)
-        table = self.client.dense_table(self.name, shape, init=Zeros(), optimizer=optimizer, seed=seed,
-                                        sum_workers=world_size)
-        if rank == 0:
-            if table.created or not self.client.initialized(self.name):
-                self._write_initial_pages(table, init)
-            self.client.publish_initialized(self.name)
-        return table
+        return self.client.open_initialized(
+            self.name, lambda: self.client.dense_table(self.name, shape, init=Zeros(), optimizer=optimizer, seed=seed,
+                                                       sum_workers=world_size),
+            lambda table: self._write_initial_pages(table, init), writer=rank == 0, timeout_s=ready_timeout_s)
 
     def _write_initial_pages(self, table: DenseTable, init: InitTensor | None) -> None:
         """Fill the pages tensor by tensor in packing order, pushing each page once the cursor has passed it, so at
