@@ -22,6 +22,7 @@ from seraphim.algorithms.registry import JobContext, SchedulerAccess, job_class
 from seraphim.proto.agent import SchedulerAgent
 from seraphim.proto.errors import FatalJobError, SeraphimError
 from seraphim.proto.rpc import TlsFiles, resolve_token
+from seraphim.proto.telemetry import RpcMetrics, process_registry
 from seraphim.scheduler.job_spec import JobSpecError, load_job, parse_job_text
 from seraphim.scheduler.metrics_file import MetricsWriter
 from seraphim.worker.client import PSClient
@@ -46,12 +47,14 @@ def parser() -> argparse.ArgumentParser:
 
 def run_rank(spec_yaml: str, source: str, rank: int, addresses: list[str], token: str | None,
              tls: TlsFiles | None, run_dir: Path, report: Callable[[int, dict[str, float]], None],
-             log: logging.Logger, scheduler: SchedulerAccess | None = None) -> dict[str, Any]:
-    """Connect to the PS shards and run this rank of the job from the clock the shards hold for it."""
+             log: logging.Logger, scheduler: SchedulerAccess | None = None,
+             rpc: RpcMetrics | None = None) -> dict[str, Any]:
+    """Connect to the PS shards and run this rank of the job from the clock the shards hold for it; the PS calls'
+    metrics go to ``rpc``."""
     spec, train = parse_job_text(spec_yaml, source)
     own_ps = spec.cluster.ps_per_worker  # this worker is the only client of its own shards
     with PSClient(addresses, worker_id=0 if own_ps else rank, num_workers=1 if own_ps else spec.cluster.workers,
-                  token=token, tls=tls) as ps:
+                  token=token, tls=tls, rpc=rpc) as ps:
         start_step = ps.resume()
         if start_step:
             log.info("resuming at step %d (the clock the PS shards hold for rank %d)", start_step, rank)
@@ -100,14 +103,16 @@ def _direct(a: argparse.Namespace, token: str | None, tls: TlsFiles | None, log:
 
 
 def _managed(a: argparse.Namespace, token: str | None, tls: TlsFiles | None, log: logging.Logger) -> int:
-    agent = SchedulerAgent(a.scheduler, a.job, "worker", a.rank, token=token, tls=tls)
+    registry = process_registry()
+    agent = SchedulerAgent(a.scheduler, a.job, "worker", a.rank, token=token, tls=tls, registry=registry)
     reply = agent.register()
     view = agent.cluster_view()
     agent.start()
     run_dir = Path(reply.run_dir)
     try:
         result = run_rank(reply.spec_yaml, a.job, a.rank, [p.address for p in sorted(view.ps, key=lambda p: p.shard)],
-                          token, tls, run_dir, agent.report, log, SchedulerAccess(a.scheduler, token, tls, a.job))
+                          token, tls, run_dir, agent.report, log, SchedulerAccess(a.scheduler, token, tls, a.job),
+                          RpcMetrics(registry, "seraphim_worker"))
     except Exception as exc:
         agent.finish("FAILED", f"{type(exc).__name__}: {exc}", fatal=isinstance(exc, FatalJobError))
         raise

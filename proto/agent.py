@@ -2,7 +2,9 @@
 metrics, learn the cluster view, and stop when the scheduler says the job is over.
 
 Heartbeats run on a background thread and survive a scheduler restart: while it is unreachable they keep
-trying, and the process carries on with its work.
+trying, and the process carries on with its work. Every ``prometheus_every_s`` (and with the last beat) a heartbeat
+carries the process's Prometheus registry as text (proto/telemetry.py); a worker's agent adds its steps and the
+latest value of each metric it reports.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import time
 from typing import Any, Callable
 
 import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from seraphim.proto import scheduler_pb2, scheduler_pb2_grpc
 from seraphim.proto.errors import DeadlineExceeded, Unavailable, from_rpc_error
 from seraphim.proto.rpc import TlsFiles, make_channel, token_metadata
+from seraphim.proto.telemetry import exposition
 
 log = logging.getLogger("seraphim.agent")
 
@@ -27,9 +31,20 @@ class SchedulerAgent:
     """One process of a job as the scheduler sees it."""
 
     def __init__(self, scheduler: str, job_id: str, role: str, rank: int, token: str | None = None,
-                 tls: TlsFiles | None = None, interval_s: float = 0.5) -> None:
+                 tls: TlsFiles | None = None, interval_s: float = 0.5, registry: CollectorRegistry | None = None,
+                 prometheus_every_s: float = 2.0) -> None:
         self.scheduler, self.job_id, self.role, self.rank = scheduler, job_id, role, rank
         self.interval_s = interval_s
+        self.registry = registry
+        self.prometheus_every_s = prometheus_every_s
+        self._prometheus_sent = float("-inf")
+        if registry is not None and role == "worker":
+            self._steps = Counter("seraphim_worker_steps", "Training steps this process completed (a restarted "
+                                  "worker counts from its resume)", registry=registry)
+            self._step = Gauge("seraphim_worker_step", "The worker's next step: its last completed step + 1",
+                               registry=registry)
+            self._metric = Gauge("seraphim_worker_metric", "Latest value of each metric the job reports", ["name"],
+                                 registry=registry)
         self._channel = make_channel(scheduler, tls)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
         self._metadata = token_metadata(token)
@@ -90,6 +105,12 @@ class SchedulerAgent:
         with self._rows_lock:
             self._rows.extend(scheduler_pb2.MetricRow(step=step, seconds=seconds, name=k, value=float(v))
                               for k, v in metrics.items())
+        if self.registry is not None:
+            if step >= self.step:  # a step reported again (its evaluation) counts once
+                self._steps.inc()
+                self._step.set(step + 1)
+            for name, value in metrics.items():
+                self._metric.labels(name).set(float(value))
         self.step = step + 1
 
     def _flush_metrics(self) -> None:
@@ -106,9 +127,15 @@ class SchedulerAgent:
     def _beat(self, state: str = "RUNNING", message: str = "", fatal: bool = False) -> None:
         if self.role == "worker":
             self._flush_metrics()
-        reply = self._call("Heartbeat", scheduler_pb2.HeartbeatRequest(
-            job_id=self.job_id, role=self.role, rank=self.rank, step=self.step, state=state, message=message,
-            pid=os.getpid(), fatal=fatal))
+        request = scheduler_pb2.HeartbeatRequest(job_id=self.job_id, role=self.role, rank=self.rank, step=self.step,
+                                                 state=state, message=message, pid=os.getpid(), fatal=fatal)
+        now = time.monotonic()
+        last = state != "RUNNING"
+        if self.registry is not None and (last or now - self._prometheus_sent >= self.prometheus_every_s):
+            request.prometheus = exposition(self.registry)
+        reply = self._call("Heartbeat", request)
+        if request.prometheus:
+            self._prometheus_sent = now
         if reply.stop:
             self.stop_requested.set()
 

@@ -236,7 +236,7 @@ class SnapshotReply(_message.Message):
     def __init__(self, clock: _Optional[int] = ...) -> None: ...
 
 class TableStats(_message.Message):
-    __slots__ = ("name", "kind", "rows", "bytes_ram", "bytes_disk", "hits", "misses", "hit_rate", "pull_rows", "push_rows", "pull_rows_per_s", "push_rows_per_s", "applied_grad_sq")
+    __slots__ = ("name", "kind", "rows", "bytes_ram", "bytes_disk", "hits", "misses", "hit_rate", "pull_rows", "push_rows", "pull_rows_per_s", "push_rows_per_s", "applied_grad_sq", "pull_bytes", "push_bytes")
     class AppliedGradSqEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +257,8 @@ class TableStats(_message.Message):
     PULL_ROWS_PER_S_FIELD_NUMBER: _ClassVar[int]
     PUSH_ROWS_PER_S_FIELD_NUMBER: _ClassVar[int]
     APPLIED_GRAD_SQ_FIELD_NUMBER: _ClassVar[int]
+    PULL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PUSH_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     rows: int
@@ -270,7 +272,9 @@ class TableStats(_message.Message):
     pull_rows_per_s: float
     push_rows_per_s: float
     applied_grad_sq: _containers.ScalarMap[int, float]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., rows: _Optional[int] = ..., bytes_ram: _Optional[int] = ..., bytes_disk: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., hit_rate: _Optional[float] = ..., pull_rows: _Optional[int] = ..., push_rows: _Optional[int] = ..., pull_rows_per_s: _Optional[float] = ..., push_rows_per_s: _Optional[float] = ..., applied_grad_sq: _Optional[_Mapping[int, float]] = ...) -> None: ...
+    pull_bytes: int
+    push_bytes: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., rows: _Optional[int] = ..., bytes_ram: _Optional[int] = ..., bytes_disk: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., hit_rate: _Optional[float] = ..., pull_rows: _Optional[int] = ..., push_rows: _Optional[int] = ..., pull_rows_per_s: _Optional[float] = ..., push_rows_per_s: _Optional[float] = ..., applied_grad_sq: _Optional[_Mapping[int, float]] = ..., pull_bytes: _Optional[int] = ..., push_bytes: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()

@@ -182,7 +182,7 @@ class RegisterReply(_message.Message):
     def __init__(self, spec_yaml: _Optional[str] = ..., attempt: _Optional[int] = ..., run_dir: _Optional[str] = ..., ps: _Optional[_Union[PsSettings, _Mapping]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("job_id", "role", "rank", "step", "state", "message", "pid", "fatal")
+    __slots__ = ("job_id", "role", "rank", "step", "state", "message", "pid", "fatal", "prometheus")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,7 @@ class HeartbeatRequest(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     FATAL_FIELD_NUMBER: _ClassVar[int]
+    PROMETHEUS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     role: str
     rank: int
@@ -199,7 +200,8 @@ class HeartbeatRequest(_message.Message):
     message: str
     pid: int
     fatal: bool
-    def __init__(self, job_id: _Optional[str] = ..., role: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., pid: _Optional[int] = ..., fatal: _Optional[bool] = ...) -> None: ...
+    prometheus: str
+    def __init__(self, job_id: _Optional[str] = ..., role: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., pid: _Optional[int] = ..., fatal: _Optional[bool] = ..., prometheus: _Optional[str] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
     __slots__ = ("stop",)

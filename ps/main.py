@@ -19,12 +19,16 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from prometheus_client import CollectorRegistry
+
 from seraphim.proto import ps_pb2_grpc
 from seraphim.proto.agent import SchedulerAgent
 from seraphim.proto.errors import SeraphimError
 from seraphim.proto.port_file import write_port_file
 from seraphim.proto.rpc import MAX_MESSAGE_BYTES, TlsFiles, make_server, resolve_token
+from seraphim.proto.telemetry import process_registry
 from seraphim.ps.config import PSConfig
+from seraphim.ps.metrics import PSMetrics
 from seraphim.ps.server import ParameterServer
 from seraphim.ps.service import PSService
 
@@ -76,12 +80,14 @@ def config_from_args(a: argparse.Namespace) -> PSConfig:
                     max_message_bytes=int(a.max_message_mb * 2**20))
 
 
-def serve(config: PSConfig, stop: threading.Event, on_serving: Callable[[int], None] | None = None) -> None:
-    """Serve until `stop` is set, then stop the server and close the store."""
+def serve(config: PSConfig, stop: threading.Event, on_serving: Callable[[int], None] | None = None,
+          registry: CollectorRegistry | None = None) -> None:
+    """Serve until `stop` is set, then stop the server and close the store; the PS's metrics go to `registry`."""
     ps = ParameterServer(config)
+    metrics = PSMetrics(ps, registry or process_registry())
     server, port = make_server(config.host, config.port, token=config.token, tls=config.tls,
                                max_workers=config.max_threads, max_message_bytes=config.max_message_bytes)
-    ps_pb2_grpc.add_ParameterServerServicer_to_server(PSService(ps, config.max_message_bytes), server)
+    ps_pb2_grpc.add_ParameterServerServicer_to_server(PSService(ps, config.max_message_bytes, metrics.rpc), server)
     server.start()
     restored = "nothing (new store)" if ps.restored_clock is None else f"clock {ps.restored_clock}"
     log.info("ps %d/%d serving on %s:%d, pid %d, restored %s, tables %s", config.shard, config.num_shards,
@@ -92,13 +98,15 @@ def serve(config: PSConfig, stop: threading.Event, on_serving: Callable[[int], N
         stop.wait()
     finally:
         server.stop(grace=2).wait()
+        metrics.freeze()
         ps.close()
         log.info("ps %d stopped; pages flushed", config.shard)
 
 
 def _managed(a: argparse.Namespace, config: PSConfig, stop: threading.Event) -> int:
     tls = TlsFiles(ca=a.tls_ca, server_name=a.tls_server_name) if a.tls_ca else None
-    agent = SchedulerAgent(a.scheduler, a.job, "ps", config.shard, token=config.token, tls=tls)
+    registry = process_registry()
+    agent = SchedulerAgent(a.scheduler, a.job, "ps", config.shard, token=config.token, tls=tls, registry=registry)
     settings = agent.register().ps
     config.shard, config.num_shards = settings.shard, settings.num_shards
     if settings.data_subdir:
@@ -115,7 +123,7 @@ def _managed(a: argparse.Namespace, config: PSConfig, stop: threading.Event) -> 
         agent.start(on_stop=stop.set)
 
     try:
-        serve(config, stop, on_serving)
+        serve(config, stop, on_serving, registry)
     except BaseException as exc:
         agent.finish("FAILED", f"{type(exc).__name__}: {exc}")
         raise

@@ -26,14 +26,16 @@ from seraphim.storage.shard_store import ShardStore
 @dataclass
 class _Counter:
     rows: int = 0
+    bytes: int = 0
     first: float = 0.0
     last: float = 0.0
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, nbytes: int) -> None:
         now = time.monotonic()
         if not self.rows:
             self.first = now
         self.rows += n
+        self.bytes += nbytes
         self.last = now
 
     @property
@@ -109,14 +111,14 @@ class ParameterServer:
     def pull(self, name: str, keys: np.ndarray, create: bool = True, out: np.ndarray | None = None) -> np.ndarray:
         """Weights of keys [len(keys), dim] in the wire dtype, written into `out` when given (see PSTable.pull)."""
         values = self.table(name).pull(keys, create, out)
-        self._pulls.setdefault(name, _Counter()).add(len(keys))
+        self._pulls.setdefault(name, _Counter()).add(len(keys), values.nbytes)
         return values
 
     def push(self, name: str, keys: np.ndarray, values: np.ndarray, mode: int, worker: int = 0, version: int = 0,
              lr_factor: float = 1.0) -> int:
         """Apply a push (see PSTable.push); returns the rows taken."""
         taken = self.table(name).push(keys, values, mode, worker, version, lr_factor)
-        self._pushes.setdefault(name, _Counter()).add(len(keys))
+        self._pushes.setdefault(name, _Counter()).add(len(keys), values.nbytes)
         return taken
 
     def call(self, name: str, psf: str, args: dict[str, str], tensors: list[np.ndarray]):
@@ -157,7 +159,8 @@ class ParameterServer:
                              bytes_ram=int(s.get("bytes_ram", 0)), bytes_disk=int(s.get("bytes_disk", 0)),
                              hits=int(s.get("hits", 0)), misses=int(s.get("misses", 0)),
                              hit_rate=float(s.get("hit_rate", 0.0)), pull_rows=pulls.rows, push_rows=pushes.rows,
-                             pull_rows_per_s=pulls.rate, push_rows_per_s=pushes.rate,
+                             pull_rows_per_s=pulls.rate, push_rows_per_s=pushes.rate, pull_bytes=pulls.bytes,
+                             push_bytes=pushes.bytes,
                              applied_grad_sq=table.versions.recorded_grad_sq() if table.versions is not None else {})
         return reply
 

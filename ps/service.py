@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import traceback
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ from seraphim.proto import ps_pb2, ps_pb2_grpc
 from seraphim.proto.codec import decode_array, decode_keys, decode_push_request, encode_array, pull_reply_buffer
 from seraphim.proto.errors import SeraphimError
 from seraphim.proto.rpc import CHUNK_BYTES, serve_chunked, wire_handler
+from seraphim.proto.telemetry import RpcMetrics
 from seraphim.ps.server import ParameterServer
 
 log = logging.getLogger("seraphim.ps")
@@ -35,29 +37,49 @@ def _answer(name: str, handler: Callable[[Any], Any], request: Any, context: grp
         context.abort(grpc.StatusCode.INTERNAL, f"{name} failed on the PS: {type(exc).__name__}: {exc}")
 
 
+def _size(message: Any) -> int:
+    return len(message) if isinstance(message, bytes) else message.ByteSize()
+
+
 def _unary(method: Callable[[Any, Any], Any]) -> Callable[..., Any]:
-    """A unary RPC: answer, and send a reply over the message limit back through Chunked."""
+    """A unary RPC: answer, send a reply over the message limit back through Chunked, and time it (the RPC metrics:
+    latency, request and reply bytes, the status code of a failed call)."""
+    name = method.__name__
 
     @functools.wraps(method)
     def rpc(self: "PSService", request: Any, context: grpc.ServicerContext) -> Any:
-        reply = _answer(method.__name__, lambda r: method(self, r), request, context)
-        size = len(reply) if isinstance(reply, bytes) else reply.ByteSize()
-        if size > self.max_message_bytes:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"{method.__name__} reply of {size} bytes exceeds the message limit of "
-                          f"{self.max_message_bytes}; repeat the call through Chunked")
-        return reply
+        start, received, sent = time.perf_counter(), _size(request), 0
+        try:
+            reply = _answer(name, lambda r: method(self, r), request, context)
+            size = _size(reply)
+            if size > self.max_message_bytes:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"{name} reply of {size} bytes exceeds the message limit of "
+                              f"{self.max_message_bytes}; repeat the call through Chunked")
+            sent = size
+            return reply
+        except Exception:
+            self.rpc.error(name, _code_name(context))
+            raise
+        finally:
+            self.rpc.observe(name, time.perf_counter() - start, sent, received)
 
     rpc.handler = method
     return rpc
 
 
-class PSService(ps_pb2_grpc.ParameterServerServicer):
-    """Serves one ParameterServer over gRPC."""
+def _code_name(context: grpc.ServicerContext) -> str:
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
-    def __init__(self, server: ParameterServer, max_message_bytes: int) -> None:
+
+class PSService(ps_pb2_grpc.ParameterServerServicer):
+    """Serves one ParameterServer over gRPC; ``rpc`` receives its calls' metrics (ps/metrics.py)."""
+
+    def __init__(self, server: ParameterServer, max_message_bytes: int, rpc: RpcMetrics) -> None:
         self.ps = server
         self.max_message_bytes = max_message_bytes
+        self.rpc = rpc
         self._routes = {
             name: (request_cls, functools.partial(_answer, name, functools.partial(getattr(PSService, name).handler,
                                                                                    self)))
@@ -120,5 +142,9 @@ class PSService(ps_pb2_grpc.ParameterServerServicer):
         return self.ps.health()
 
     def Chunked(self, request_iterator, context):
-        yield from serve_chunked(request_iterator, context, self._routes,
-                                 chunk_bytes=min(CHUNK_BYTES, self.max_message_bytes // 2))
+        start = time.perf_counter()
+        try:
+            yield from serve_chunked(request_iterator, context, self._routes,
+                                     chunk_bytes=min(CHUNK_BYTES, self.max_message_bytes // 2))
+        finally:
+            self.rpc.observe("Chunked", time.perf_counter() - start)

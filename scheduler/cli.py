@@ -62,9 +62,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec, _ = load_job(args.job)
     root = _storage_root(args.runs_dir or spec.storage.dir)
     try:
-        scheduler = SchedulerProcess(root / ".scheduler", heartbeat_timeout_s=args.heartbeat_timeout)
+        scheduler = SchedulerProcess(root / ".scheduler", heartbeat_timeout_s=args.heartbeat_timeout,
+                                     http_port=args.http_port)
     except RuntimeError as exc:
         raise CLIError(str(exc)) from None
+    print(f"dashboard: {scheduler.dashboard_url}", file=sys.stderr)
     client = SchedulerClient(scheduler.address, token=scheduler.token)
     job_id = ""
     try:
@@ -324,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", help="job spec YAML, e.g. examples/ctr.yaml")
     run.add_argument("--runs-dir", help="where runs/<job> goes (default: the spec's storage.dir)")
     run.add_argument("--heartbeat-timeout", type=float, default=10.0)
+    run.add_argument("--http-port", type=int, default=0, help="port of the dashboard and /metrics (default: a free "
+                                                               "one)")
     for role in ("scheduler", "ps", "worker"):
         role_parser = sub.add_parser(role, help=f"the {role} role by hand")
         role_parser.add_subparsers(dest="action", required=True).add_parser(

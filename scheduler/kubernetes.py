@@ -27,6 +27,8 @@ from seraphim.scheduler.job_spec import JobSpec, load_job
 APP = "seraphim"
 SCHEDULER_NAME = "seraphim-scheduler"
 SCHEDULER_PORT = 7070
+# The scheduler's dashboard and /metrics, which carry every PS's and worker's metrics too: one scrape target.
+SCHEDULER_HTTP_PORT = 8080
 PS_PORT = 7071
 TOKEN_DIR = "/etc/seraphim/token"
 TOKEN_FILE = f"{TOKEN_DIR}/token"
@@ -231,10 +233,15 @@ def render_scheduler(image: str, namespace: str = "seraphim", token_secret: str 
     volumes, mounts = _secret_volumes(token_secret, tls_secret)
     claim = f"{SCHEDULER_NAME}-data"
     args = ["scheduler", "start", "--host", "0.0.0.0", "--port", str(SCHEDULER_PORT),
-            "--data-dir", SCHEDULER_DATA, *_secret_flags(tls_secret, serves=True)]
+            "--http-port", str(SCHEDULER_HTTP_PORT), "--data-dir", SCHEDULER_DATA,
+            *_secret_flags(tls_secret, serves=True)]
     container = _container("scheduler", image, args, [*mounts, {"name": "data", "mountPath": SCHEDULER_DATA}],
                            {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
                            port=SCHEDULER_PORT)
+    container["ports"].append({"name": "http", "containerPort": SCHEDULER_HTTP_PORT, "protocol": "TCP"})
+    # what deploy/prometheus/prometheus.yaml's pod discovery keeps (it sends the cluster token as a bearer token)
+    scrape = {"prometheus.io/scrape": "true", "prometheus.io/port": str(SCHEDULER_HTTP_PORT),
+              "prometheus.io/path": "/metrics", "prometheus.io/scheme": "https" if tls_secret else "http"}
     pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(claim, namespace, labels),
            "spec": _claim_spec(SCHEDULER_STORAGE, storage_class)}
     deployment = {
@@ -242,14 +249,15 @@ def render_scheduler(image: str, namespace: str = "seraphim", token_secret: str 
         "spec": {
             # One writer of the job store: the old pod must release the volume before the new one starts.
             "replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": dict(labels)},
-            "template": {"metadata": {"labels": dict(labels)},
+            "template": {"metadata": {"labels": dict(labels), "annotations": scrape},
                          "spec": _pod_spec([container], [*volumes, {"name": "data", "persistentVolumeClaim":
                                                                     {"claimName": claim}}], "Always", grace_s=30)},
         },
     }
+    ports = [{"name": name, "port": port, "targetPort": port, "protocol": "TCP"}
+             for name, port in (("grpc", SCHEDULER_PORT), ("http", SCHEDULER_HTTP_PORT))]
     service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(SCHEDULER_NAME, namespace, labels),
-               "spec": {"selector": dict(labels), "ports": [{"name": "grpc", "port": SCHEDULER_PORT,
-                                                             "targetPort": SCHEDULER_PORT, "protocol": "TCP"}]}}
+               "spec": {"selector": dict(labels), "ports": ports}}
     return [pvc, deployment, service]
 
 

@@ -1,8 +1,9 @@
-"""The scheduler process: ``seraphim scheduler start --data-dir D [--port 7070] [--token-file F]``.
+"""The scheduler process: ``seraphim scheduler start --data-dir D [--port 7070] [--token-file F] [--http-port 8080]``.
 
 Without a token it generates one and writes it to ``D/token`` (mode 0600): every RPC of the cluster must carry
-it. It serves until SIGTERM or SIGINT; the processes of running jobs outlive it and are followed again by the
-next scheduler started on the same data directory.
+it. ``--http-port`` serves the dashboard and Prometheus ``/metrics`` (scheduler/web.py) behind the same token.
+It serves until SIGTERM or SIGINT; the processes of running jobs outlive it and are followed again by the next
+scheduler started on the same data directory.
 """
 
 from __future__ import annotations
@@ -11,16 +12,21 @@ import argparse
 import logging
 import secrets
 import signal
+import ssl
 import sys
 import threading
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from seraphim.proto import scheduler_pb2_grpc
 from seraphim.proto.port_file import write_port_file
 from seraphim.proto.rpc import TlsFiles, make_server, resolve_token
+from seraphim.scheduler.cluster_metrics import ClusterMetrics
 from seraphim.scheduler.launchers import LocalLauncher
 from seraphim.scheduler.master import Master
 from seraphim.scheduler.service import SchedulerService
+from seraphim.scheduler.web import WebServer
 
 log = logging.getLogger("seraphim.scheduler")
 
@@ -39,7 +45,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-server-name", help="name in the certificate, when processes reach it by IP")
     p.add_argument("--heartbeat-timeout", type=float, default=10.0, help="seconds of silence before a process "
                                                                         "counts as dead")
+    p.add_argument("--http-port", type=int, help="serve the dashboard and /metrics on this port (0: a free one); "
+                                                 "none without it")
+    p.add_argument("--http-host", help="address of the HTTP port (default: --host)")
+    p.add_argument("--http-port-file", type=Path, help="write the bound HTTP port here, before --port-file")
+    p.add_argument("--metrics-public", action="store_true",
+                   help="serve /metrics without the token (to a scraper that cannot send one)")
     return p
+
+
+def _web_server(a: argparse.Namespace, master: Master, token: str, tls: TlsFiles | None) -> WebServer | None:
+    """The dashboard and /metrics when --http-port is given: the cluster's metrics in a registry of their own."""
+    if a.http_port is None:
+        return None
+    registry = CollectorRegistry()
+    registry.register(ClusterMetrics(master))
+    return WebServer(master, registry, a.http_host or a.host, a.http_port, token, tls, a.metrics_public)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,13 +92,27 @@ def main(argv: list[str] | None = None) -> int:
     own = f"{'127.0.0.1' if a.host in ('0.0.0.0', '::') else a.host}:{port}"
     master = Master(a.data_dir, LocalLauncher(own, token_file, tls), heartbeat_timeout_s=a.heartbeat_timeout)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(master), server)
+    try:
+        web = _web_server(a, master, token, tls)
+    except (OSError, ssl.SSLError) as exc:  # SSLError: a certificate and key that do not belong together
+        master.close()
+        print(f"seraphim scheduler: cannot serve HTTP on {a.http_host or a.host}:{a.http_port}: "
+              f"{exc.strerror or exc} (--http-port: another port, or 0 for a free one)", file=sys.stderr)
+        return 1
     server.start()
     log.info("scheduler serving on %s:%d (data %s)", a.host, port, a.data_dir)
+    if web is not None:
+        web.start()
+        log.info("dashboard and /metrics on %s://%s:%d/ (metrics %s)", web.scheme, a.http_host or a.host, web.port,
+                 "public" if a.metrics_public else "behind the token")
+        write_port_file(a.http_port_file, web.port)
     write_port_file(a.port_file, port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    if web is not None:
+        web.close()
     master.close()
     server.stop(grace=2).wait()
     log.info("scheduler stopped")

@@ -23,6 +23,7 @@ from seraphim.proto import scheduler_pb2
 from seraphim.proto.errors import FailedPrecondition, InvalidArgument, NotFound
 from seraphim.scheduler.job_spec import JobSpecError, JobSpec, parse_job_text
 from seraphim.scheduler.launchers import LAUNCHERS, LocalLauncher
+from seraphim.scheduler.cluster_metrics import ProcessMetrics
 from seraphim.scheduler.memory_plans import MemoryPlans
 from seraphim.scheduler.store import JobRow, JobStore, NodeRow
 from seraphim.scheduler.metrics_file import MetricsWriter
@@ -51,6 +52,7 @@ class Master:
         self._stopping: dict[str, tuple[float, float]] = {}  # job -> (SIGTERM at, SIGKILL at), monotonic
         self._closed = threading.Event()
         self.memory_plans = MemoryPlans()
+        self.process_metrics = ProcessMetrics()
         self._adopt_running_jobs()
         self._monitor = threading.Thread(target=self._watch, name="monitor", daemon=True)
         self._monitor.start()
@@ -231,12 +233,15 @@ class Master:
         with self._lock:
             job = self.job(req.job_id)
             node = self._node(job, req.role, req.rank)
+            replaced = bool(node.pid and req.pid and node.pid != req.pid and job.launcher == "local")
+            if req.prometheus and not replaced:
+                self.process_metrics.update(job.job_id, req.role, req.rank, req.prometheus)
             if job.state in TERMINAL:
                 if req.state in ("DONE", "FAILED"):
                     self.store.update_node(job.job_id, req.role, req.rank, state=req.state,
                                            last_heartbeat=time.time())
                 return True
-            if node.pid and req.pid and node.pid != req.pid and job.launcher == "local":
+            if replaced:
                 return True  # a process the scheduler already replaced
             now = time.time()
             if req.state == "DONE":

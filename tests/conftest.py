@@ -70,17 +70,8 @@ class SchedulerUnderTest(SchedulerProcess):
             db.close()
 
 
-@pytest.fixture
-def scheduler_factory(tmp_path):
-    """Start scheduler processes; at teardown kill them and every job process they launched."""
-    started: list[SchedulerUnderTest] = []
-
-    def make(name: str = "sched", port: int = 0, heartbeat_timeout: float = 3.0, extra=()) -> SchedulerUnderTest:
-        sched = SchedulerUnderTest(tmp_path / name, port=port, heartbeat_timeout_s=heartbeat_timeout, extra_args=extra)
-        started.append(sched)
-        return sched
-
-    yield make
+def kill_schedulers(started: list[SchedulerUnderTest]) -> None:
+    """SIGKILL the schedulers, then every job process they launched (each leads its own process group)."""
     for sched in started:
         sched.kill()
     for sched in started:
@@ -89,6 +80,22 @@ def scheduler_factory(tmp_path):
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+@pytest.fixture
+def scheduler_factory(tmp_path):
+    """Start scheduler processes; at teardown kill them and every job process they launched."""
+    started: list[SchedulerUnderTest] = []
+
+    def make(name: str = "sched", port: int = 0, heartbeat_timeout: float = 3.0, extra=(),
+             http_port: int | None = None) -> SchedulerUnderTest:
+        sched = SchedulerUnderTest(tmp_path / name, port=port, heartbeat_timeout_s=heartbeat_timeout, extra_args=extra,
+                                   http_port=http_port)
+        started.append(sched)
+        return sched
+
+    yield make
+    kill_schedulers(started)
 
 
 # ------------------------------------------------------------------------------------------------ mutual TLS

@@ -305,3 +305,23 @@ def test_dockerfile_installs_the_project_and_runs_seraphim_unprivileged():
     user = [ln for ln in lines if ln.startswith("USER ")]
     assert user and user[-1].split()[1].split(":")[0] not in ("0", "root")
     assert lines[-2:] == ['ENTRYPOINT ["seraphim"]', 'CMD ["--help"]']
+
+
+@pytest.mark.parametrize("tls_secret, scheme", [(None, "http"), ("seraphim-tls", "https")])
+def test_the_scheduler_pod_tells_prometheus_where_its_metrics_are(tls_secret, scheme):
+    _, deployment, service = render_scheduler(IMAGE, tls_secret=tls_secret)
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    http = next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
+    assert container["args"][container["args"].index("--http-port") + 1] == str(http)
+    assert pod["metadata"]["annotations"] == {"prometheus.io/scrape": "true", "prometheus.io/port": str(http),
+                                              "prometheus.io/path": "/metrics", "prometheus.io/scheme": scheme}
+    assert {"name": "http", "port": http, "targetPort": http, "protocol": "TCP"} in service["spec"]["ports"]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yaml").read_text())
+    pods = next(job for job in config["scrape_configs"] if "kubernetes_sd_configs" in job)
+    keep = {tuple(r["source_labels"]): r for r in pods["relabel_configs"]}
+    assert keep[("__meta_kubernetes_pod_annotation_prometheus_io_scrape",)]["regex"] == "true"
+    port = keep[("__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port")]
+    joined = re.fullmatch(port["regex"], f"10.0.0.7:7070;{http}")  # Prometheus joins the source labels with ';'
+    assert joined and joined.expand(port["replacement"].replace("$", "\\")) == f"10.0.0.7:{http}"
+    assert pods["authorization"]["type"] == "Bearer"

@@ -94,6 +94,8 @@ def test_run_leaves_metrics_plot_checkpoints_and_logs(tmp_path):
         assert (run_dir / path).exists(), path
     assert steps_recorded(run_dir, 1) == set(range(40))
     assert "succeeded" in result.stderr
+    token = (tmp_path / "runs" / ".scheduler" / "token").read_text()
+    assert re.search(rf"^dashboard: http://127\.0\.0\.1:\d+/#token={token}$", result.stderr, re.M), result.stderr
     import sqlite3
 
     from seraphim.scheduler.launchers import process_alive
@@ -148,6 +150,10 @@ def test_a_port_in_use_is_a_clear_error(tmp_path, scheduler_factory):
     result = cli("scheduler", "start", "--data-dir", str(tmp_path / "other"), "--port", str(sched.port))
     assert result.returncode != 0 and f"cannot listen on 127.0.0.1:{sched.port}" in result.stderr
     assert "Traceback" not in result.stderr
+    result = cli("scheduler", "start", "--data-dir", str(tmp_path / "other"), "--port", "0", "--http-port",
+                 str(sched.port))  # the gRPC port of the first is in use for HTTP as well
+    assert result.returncode != 0 and f"cannot serve HTTP on 127.0.0.1:{sched.port}: Address already in use" \
+        in result.stderr and "Traceback" not in result.stderr
 
 
 def test_calls_without_the_token_are_refused(scheduler_factory):

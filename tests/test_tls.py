@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 import numpy as np
@@ -65,7 +68,8 @@ def test_ps_over_tls(cluster_factory, certs):
 
 def test_a_scheduled_job_runs_over_tls(tmp_path, scheduler_factory, certs):
     sched = scheduler_factory(extra=("--tls-cert", str(certs / "server.pem"), "--tls-key",
-                                     str(certs / "server.key"), "--tls-ca", str(certs / "ca.pem")))
+                                     str(certs / "server.key"), "--tls-ca", str(certs / "ca.pem"), "--metrics-public"),
+                              http_port=0)
     job = {"name": "secure", "algorithm": "ctr", "cluster": {"ps": 1, "workers": 1},
            "storage": {"ram_mb": 8, "page_kb": 64},
            "train": {"model": "lr", "batch_size": 128, "steps": 20, "eval_rows": 1000,
@@ -79,6 +83,18 @@ def test_a_scheduled_job_runs_over_tls(tmp_path, scheduler_factory, certs):
         assert status.state == scheduler_pb2.SUCCEEDED, status.reason
     with SchedulerClient(sched.address, token=sched.token) as plaintext, pytest.raises(Unavailable):
         plaintext.jobs()
+    # the HTTP port is under the same certificate: /metrics public (--metrics-public), the dashboard's API not
+    https = f"https://127.0.0.1:{sched.http_port}"
+    context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    assert sched.dashboard_url.startswith(https + "/#token=")
+    with urllib.request.urlopen(f"{https}/metrics", context=context, timeout=30) as reply:
+        assert f'seraphim_job_state{{algorithm="ctr",job_id="{job_id}",name="secure",state="SUCCEEDED"}} 1.0' in \
+            reply.read().decode()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{https}/api/jobs", context=context, timeout=30)
+    assert refused.value.code == 401
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # no plaintext HTTP on it
+        urllib.request.urlopen(f"http://127.0.0.1:{sched.http_port}/metrics", timeout=30)
 
 
 def test_make_server_with_client_auth_requires_a_certificate_from_the_ca(certs):

@@ -22,12 +22,14 @@ from typing import Any, Callable, Sequence, TypeVar
 import grpc
 import numpy as np
 from numba import njit
+from prometheus_client import CollectorRegistry
 
 from seraphim.proto import ps_pb2, ps_pb2_grpc
 from seraphim.proto.codec import WIRE_DTYPES, decode_array, decode_versioned_pull_reply, encode_array, encode_push_request
 from seraphim.proto.errors import DataLoss, DeadlineExceeded, InvalidArgument, from_rpc_error
 from seraphim.proto.partition import dense_block
 from seraphim.proto.rpc import CHUNK_BYTES, MAX_MESSAGE_BYTES, TlsFiles, join_chunks, make_channel, split_message, token_metadata
+from seraphim.proto.telemetry import RpcMetrics
 from seraphim.worker.psf_merge import merge_partials
 from seraphim.worker.specs import Initializer, Optimizer, Zeros, initializer_spec, optimizer_spec
 
@@ -160,7 +162,8 @@ class PSClient:
     def __init__(self, addresses: Sequence[str], worker_id: int = 0, num_workers: int = 1,
                  token: str | None = None, tls: TlsFiles | None = None, timeout_s: float = 120.0,
                  retry_s: float = 120.0, clock_timeout_s: float = 600.0, max_in_flight: int = 16,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, rpc: RpcMetrics | None = None) -> None:
+        """``rpc``: where the calls' latency and bytes go (a worker process exports them; see proto/telemetry.py)."""
         if not addresses:
             raise InvalidArgument("PSClient needs at least one PS address")
         if not 0 <= worker_id < num_workers:
@@ -172,6 +175,7 @@ class PSClient:
         self._chunk_bytes = min(CHUNK_BYTES, max_message_bytes // 2)
         self._metadata = token_metadata(token)
         self._tls = tls
+        self.rpc = rpc or RpcMetrics(CollectorRegistry(), "seraphim_worker")
         self._shards: list[_Shard] = []
         self.connect(addresses)
         self._in_flight = threading.BoundedSemaphore(max_in_flight)
@@ -211,19 +215,28 @@ class PSClient:
         timeout_s = timeout_s or self.timeout_s
         deadline = time.monotonic() + self.retry_s
         delay = 0.05
-        while True:
-            try:
-                if chunked:
-                    return self._chunked_call(shard, method, request, reply_cls, timeout_s)
-                return self._shards[shard].method(method)(request, timeout=timeout_s, metadata=self._metadata)
-            except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not chunked:
-                    chunked = True
-                    continue
-                if err.code() not in _RETRY_CODES or time.monotonic() + delay > deadline:
-                    raise from_rpc_error(err, self._shards[shard].where) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        start, received = time.perf_counter(), 0
+        try:
+            while True:
+                try:
+                    if chunked:
+                        reply = self._chunked_call(shard, method, request, reply_cls, timeout_s)
+                    else:
+                        reply = self._shards[shard].method(method)(request, timeout=timeout_s,
+                                                                   metadata=self._metadata)
+                    received = len(reply) if isinstance(reply, bytes) else reply.ByteSize()
+                    return reply
+                except grpc.RpcError as err:
+                    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not chunked:
+                        chunked = True
+                        continue
+                    if err.code() not in _RETRY_CODES or time.monotonic() + delay > deadline:
+                        self.rpc.error(method, err.code().name)
+                        raise from_rpc_error(err, self._shards[shard].where) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        finally:
+            self.rpc.observe(method, time.perf_counter() - start, size, received)
 
     def _chunked_call(self, shard: int, method: str, request: Any, reply_cls: type | None, timeout_s: float) -> Any:
         payload = request if isinstance(request, bytes) else request.SerializeToString()
