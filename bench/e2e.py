@@ -141,12 +141,14 @@ def stop_cli(proc: subprocess.Popen) -> None:
     stop_pids(children, _LEFTOVER_GRACE_S)
 
 
-def run_platform(job: dict[str, Any], workers: int, runs_dir: Path, warmup: int, tag: str) -> Throughput:
+def run_platform(job: dict[str, Any], workers: int, runs_dir: Path, warmup: int, tag: str,
+                 steps: int | None = None) -> Throughput:
     """Run the job with `workers` workers through ``seraphim run`` and measure it from the workers' metrics;
-    tag makes the run's name (and so its directory under runs_dir) unique. Every process of the job is gone when
-    this returns (see _LEFTOVER_GRACE_S)."""
+    tag makes the run's name (and so its directory under runs_dir) unique. `steps` is each worker's step count
+    (default: the CTR spec's ``train.steps``). Every process of the job is gone when this returns (see
+    _LEFTOVER_GRACE_S)."""
     job = {**job, "name": f"{job['name']}-e2e-{workers}w-{tag}", "cluster": {**job["cluster"], "workers": workers}}
-    steps = job["train"]["steps"]
+    steps = job["train"]["steps"] if steps is None else steps
     job_path = runs_dir / f"{job['name']}.yaml"
     job_path.write_text(yaml.safe_dump(job, sort_keys=False))
     argv = [*seraphim_cli(), "run", str(job_path), "--runs-dir", str(runs_dir)]

@@ -13,7 +13,7 @@ from seraphim.algorithms.dit.hunyuan_dit import CrossAttentionBlock
 from seraphim.algorithms.dit.hunyuan_video import DoubleStreamBlock, SingleStreamBlock
 from seraphim.algorithms.dit.layers import patchify, unpatchify
 from seraphim.algorithms.dit.models import PRESETS, build_model, model_config
-from seraphim.algorithms.dit.rope import apply_rope, rope_angles, rope_split
+from seraphim.algorithms.dit.rope import apply_rope, rope_angles, rope_split, sincos_embedding
 
 TINY = {"dim": 32, "heads": 2, "text_dim": 16, "text_heads": 2, "text_depth": 1, "max_text_len": 6}
 
@@ -58,6 +58,14 @@ def test_rope_splits_a_head_over_the_axes_into_even_parts_that_sum_to_it():
     assert rope_split(32, 3) == (8, 12, 12)
     with pytest.raises(DiTInputError, match="head_dim 18 must be a multiple of 4"):
         rope_split(18, 2)
+
+
+def test_absolute_position_embedding_tells_every_token_of_a_grid_apart():
+    for grid, dim in (((8, 8), 64), ((4, 8, 8), 96)):
+        emb = sincos_embedding(grid, dim)
+        assert emb.shape == (torch.Size(grid).numel(), dim)
+        distances = torch.cdist(emb, emb) + torch.eye(len(emb)) * 1e3
+        assert distances.min() > 0.1
 
 
 def _randomize(module: torch.nn.Module, keep_zero_init: bool = True) -> None:

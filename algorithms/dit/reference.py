@@ -16,5 +16,6 @@ from seraphim.algorithms.dit.train import StepCallback, TrainingRun
 def train_in_process(spec: DiTSpec, on_step: StepCallback | None = None) -> TrainingRun:
     run = TrainingRun.build(spec)
     t = spec.training
-    run.train(torch.optim.AdamW(run.model.parameters(), lr=t.lr, weight_decay=t.weight_decay), on_step=on_step)
+    optimizer = torch.optim.AdamW(run.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, foreach=True)
+    run.train(optimizer, on_step=on_step)
     return run

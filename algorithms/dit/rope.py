@@ -24,7 +24,8 @@ TIME_SHARE = 0.25
 
 def rope_split(head_dim: int, axes: int) -> tuple[int, ...]:
     """Channels per axis: an even split over (h, w) for 2-D; for 3-D the time axis takes TIME_SHARE and (h, w)
-    share the rest. Every part is even (channels rotate in pairs) and the parts sum to ``head_dim``."""
+    share the rest. Every part is even (channels rotate in pairs; sin-cos embeddings pair too) and the parts sum
+    to ``head_dim``. The absolute position embedding splits the model width the same way."""
     if axes not in (2, 3):
         raise DiTInputError(f"rope_split: axes must be 2 (image) or 3 (video), got {axes}")
     multiple = 4 if axes == 2 else 2
@@ -57,6 +58,18 @@ def rope_angles(grid: Sequence[int], dims: Sequence[int], theta: float = 10000.0
         freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # [d/2]
         parts.append(pos[:, axis, None] * freqs[None, :])  # [N, d/2]
     return torch.cat(parts, dim=-1)  # [N, Dh/2]
+
+
+def sincos_embedding(grid: Sequence[int], dim: int) -> Tensor:
+    """DiT's fixed sin-cos position embedding generalised to N axes: each axis's share of ``dim`` (rope_split) holds
+    ``[sin(pos f_i), cos(pos f_i)]`` with ``f_i = 10000^(-2i/d_a)``: [prod(grid), dim]."""
+    pos = grid_positions(grid)
+    parts = []
+    for axis, d in enumerate(rope_split(dim, len(grid))):
+        freqs = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # [d/2]
+        args = pos[:, axis, None] * freqs[None, :]
+        parts += [torch.sin(args), torch.cos(args)]
+    return torch.cat(parts, dim=-1)  # (N, dim)
 
 
 def apply_rope(x: Tensor, angles: Tensor) -> Tensor:
