@@ -3,8 +3,9 @@ fact about the pixels that a classifier can check.
 
 Images: a digit glyph (the 8x8 scan upsampled, thin or dilated thick) in one quadrant of the canvas, with a few
 pixels of jitter, coloured red, green or blue on a dark or light background:
-``"a thick red 3 in the top left on a dark background"``. Videos: the glyph moving left, right, up or down at 1 or 2
-pixels per frame on a dark background: ``"a green 7 moving up quickly"``. Glyphs are split once (seeded) into a
+``"a thick red 3 in the top left on a dark background"``. Videos (one channel: a light glyph on a dark ground, so a
+video token carries a third of the values an RGB one would): the glyph moving left, right, up or down at 1 or 2
+pixels per frame: ``"a 7 moving up quickly"``. Glyphs are split once (seeded) into a
 training and a held-out set, so the evaluation classifier is tested on handwriting it has not seen.
 
 Everything is drawn from a ``numpy.random.Generator``: the same seed gives the same attributes, captions and pixels.
@@ -41,6 +42,7 @@ DIRECTIONS = ("right", "left", "down", "up")
 DIRECTION_STEP = np.array([[0, 1], [0, -1], [1, 0], [-1, 0]], dtype=np.int64)
 SPEEDS = ("slowly", "quickly")
 SPEED_PIXELS = np.array([1, 2], dtype=np.int64)
+VIDEO_GREY = np.array([0.08, 0.95], dtype=np.float32)  #: background and glyph intensity of the clips
 HELDOUT_FRACTION = 0.2
 
 
@@ -208,7 +210,6 @@ class VideoAttributes:
 
     glyph: np.ndarray
     digit: np.ndarray
-    colour: np.ndarray  # index into COLOURS
     direction: np.ndarray  # index into DIRECTIONS
     speed: np.ndarray  # index into SPEEDS
     start_y: np.ndarray  # glyph's top-left at frame 0
@@ -224,9 +225,9 @@ class VideoAttributes:
 
 
 class DigitVideos:
-    """Captioned clips of a thin glyph moving in a straight line on a dark background; see the module docstring."""
+    """Captioned one-channel clips of a thin glyph moving in a straight line; see the module docstring."""
 
-    FACTS = {"digit": tuple(str(d) for d in range(10)), "direction": DIRECTIONS, "speed": SPEEDS, "colour": COLOURS}
+    FACTS = {"digit": tuple(str(d) for d in range(10)), "direction": DIRECTIONS, "speed": SPEEDS}
 
     def __init__(self, glyphs: DigitGlyphs, canvas: int = 32, frames: int = 8) -> None:
         self.glyphs, self.canvas, self.frames = glyphs, canvas, frames
@@ -237,20 +238,20 @@ class DigitVideos:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return 3, self.frames, self.canvas, self.canvas
+        return 1, self.frames, self.canvas, self.canvas
 
     def sample_attributes(self, rng: np.random.Generator, n: int, split: Split = "train") -> VideoAttributes:
         glyph = self.glyphs.draw(rng, n, split)
-        return self._placed(rng, glyph, rng.integers(0, len(COLOURS), n), rng.integers(0, 4, n),
-                            rng.integers(0, 2, n))
+        return self._placed(rng, glyph, rng.integers(0, 4, n), rng.integers(0, 2, n))
 
     def with_facts(self, rng: np.random.Generator, facts: dict[str, np.ndarray],
                    split: Split = "train") -> VideoAttributes:
-        """Clips whose caption facts (digit, direction, speed, colour) are given; glyph and start drawn."""
+        """Clips whose caption facts (digit, direction, speed) are given; glyph and start drawn."""
         glyph = self.glyphs.draw_of_class(rng, facts["digit"], split)
-        return self._placed(rng, glyph, facts["colour"], facts["direction"], facts["speed"])
+        direction = facts.get("direction", rng.integers(0, 4, len(glyph)))
+        return self._placed(rng, glyph, direction, facts.get("speed", rng.integers(0, 2, len(glyph))))
 
-    def _placed(self, rng: np.random.Generator, glyph: np.ndarray, colour: np.ndarray, direction: np.ndarray,
+    def _placed(self, rng: np.random.Generator, glyph: np.ndarray, direction: np.ndarray,
                 speed: np.ndarray) -> VideoAttributes:
         """A start drawn uniformly among those that keep the whole path on the canvas."""
         step = DIRECTION_STEP[direction] * SPEED_PIXELS[speed][:, None]  # (B, 2)
@@ -258,9 +259,8 @@ class DigitVideos:
         low = np.maximum(0, -travel)  # (B, 2)
         high = self.canvas - self.glyphs.size - np.maximum(0, travel)
         start = low + (rng.random(low.shape) * (high - low + 1)).astype(np.int64)
-        return VideoAttributes(glyph=glyph, digit=self.glyphs.digit[glyph], colour=np.asarray(colour),
-                               direction=np.asarray(direction), speed=np.asarray(speed), start_y=start[:, 0],
-                               start_x=start[:, 1])
+        return VideoAttributes(glyph=glyph, digit=self.glyphs.digit[glyph], direction=np.asarray(direction),
+                               speed=np.asarray(speed), start_y=start[:, 0], start_x=start[:, 1])
 
     def batch(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, list[str]]:
         """n training clips [n, 3, frames, canvas, canvas] in [-1, 1] and their captions."""
@@ -268,23 +268,24 @@ class DigitVideos:
         return self.render(a), self.captions(a)
 
     def render(self, a: VideoAttributes) -> np.ndarray:
-        """[B, 3, frames, canvas, canvas] float32 in [-1, 1]."""
+        """[B, 1, frames, canvas, canvas] float32 in [-1, 1]."""
         b, t = len(a), self.frames
         frame = np.arange(t)
         top = (a.start_y[:, None] + a.velocity[:, None, 0] * frame).reshape(-1)  # (B*T,)
         left = (a.start_x[:, None] + a.velocity[:, None, 1] * frame).reshape(-1)
         alpha = place(np.repeat(self.glyphs.alpha[0, a.glyph], t, axis=0), top, left, self.canvas)
         alpha = alpha.reshape(b, t, self.canvas, self.canvas)
-        return colourise(alpha, a.colour, np.zeros(b, dtype=np.int64))
+        background, glyph = VIDEO_GREY
+        return (2.0 * (background + (glyph - background) * alpha[:, None]) - 1.0).astype(np.float32)
 
     def captions(self, a: VideoAttributes) -> list[str]:
-        words = ("a ", _words(COLOURS, a.colour), " ", a.digit.astype(str), " moving ",
-                 _words(DIRECTIONS, a.direction), " ", _words(SPEEDS, a.speed))
+        words = ("a ", a.digit.astype(str), " moving ", _words(DIRECTIONS, a.direction), " ",
+                 _words(SPEEDS, a.speed))
         return list(_concat(words, len(a)))
 
     def vocabulary(self) -> list[str]:
         index = np.arange(10)
-        return self.captions(VideoAttributes(glyph=index, digit=index, colour=index % 3, direction=index % 4,
+        return self.captions(VideoAttributes(glyph=index, digit=index, direction=index % 4,
                                              speed=index % 2, start_y=index * 0, start_x=index * 0))
 
 

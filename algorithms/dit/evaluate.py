@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seraphim.algorithms.dit.digits import BACKGROUND_RGB, DigitImages, DigitVideos, SPEED_PIXELS, DIRECTION_STEP
+from seraphim.algorithms.dit.digits import DIRECTION_STEP, SPEED_PIXELS, DigitImages, DigitVideos
 
 FEATURES = 128
 CROP = 16  #: side of the window cut around the ink, in pixels: the 14-pixel glyphs fit with a pixel to spare
@@ -30,9 +30,9 @@ INK_FLOOR = 0.25  #: colour distance from the background (in [-1, 1] units) belo
 
 
 def register(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Find the digit in frames x [B, 3, H, W]: the background is the median colour, ink is the colour distance from
+    """Find the digit in frames x [B, C, H, W]: the background is the median colour, ink is the colour distance from
     it above INK_FLOOR. Returns the ink cut out around its centroid [B, 1, CROP, CROP], the centroid [B, 2] (y, x in
-    [-1, 1]), the ink-weighted colour [B, 3], the background colour [B, 3] and the ink mass per pixel [B, 1]."""
+    [-1, 1]), the ink-weighted colour [B, C], the background colour [B, C] and the ink mass per pixel [B, 1]."""
     b, _, h, w = x.shape
     background = x.flatten(2).median(dim=2).values  # (B, 3)
     ink = ((x - background[:, :, None, None]).norm(dim=1) - INK_FLOOR).clamp_min(0.0)  # (B, H, W)
@@ -55,7 +55,7 @@ class AttributeClassifier(nn.Module):
     the digit is), and one MLP joins the shape features (averaged over frames), the centroid track, the colours and
     the ink mass into the 128 features that every fact's linear head reads (and the Fréchet distance compares)."""
 
-    def __init__(self, facts: dict[str, int], frames: int = 1) -> None:
+    def __init__(self, facts: dict[str, int], frames: int = 1, channels: int = 3) -> None:
         super().__init__()
         self.frames = frames
         self.shape_reader = nn.Sequential(
@@ -64,20 +64,20 @@ class AttributeClassifier(nn.Module):
             nn.Conv2d(64, 64, 3, padding=1), nn.GELU(), nn.Flatten(),  # (1024,)
             nn.Linear(64 * (CROP // 4) ** 2, FEATURES), nn.GELU(),
         )
-        joined = FEATURES + 2 * frames + 3 + 3 + 1
+        joined = FEATURES + 2 * frames + 2 * channels + 1
         self.join = nn.Sequential(nn.Linear(joined, 2 * FEATURES), nn.GELU(), nn.Linear(2 * FEATURES, FEATURES),
                                   nn.GELU())
         self.heads = nn.ModuleDict({name: nn.Linear(FEATURES, n) for name, n in facts.items()})
 
     def features(self, x: Tensor) -> Tensor:
-        """x [B, 3, H, W] or [B, 3, T, H, W] in [-1, 1] -> [B, 128]."""
+        """x [B, C, H, W] or [B, C, T, H, W] in [-1, 1] -> [B, 128]."""
         clips = x if x.ndim == 5 else x[:, :, None]
         b, c, t, h, w = clips.shape
         crop, centroid, colour, background, mass = register(clips.transpose(1, 2).reshape(b * t, c, h, w))
         shape = self.shape_reader(crop).reshape(b, t, -1).mean(1)  # (B, F)
         track = centroid.reshape(b, t, 2)
         track = torch.cat([track[:, :1], track[:, 1:] - track[:, :1]], 1) * torch.tensor([h / 2, w / 2])  # pixels
-        per_clip = [v.reshape(b, t, -1).mean(1) for v in (colour, background, mass)]  # (B, 3), (B, 3), (B, 1)
+        per_clip = [v.reshape(b, t, -1).mean(1) for v in (colour, background, mass)]  # (B, C), (B, C), (B, 1)
         joined = torch.cat([shape, track.flatten(1) / 4, per_clip[0], per_clip[1], 4 * per_clip[2]], dim=1)
         return self.join(joined)  # (B, F)
 
@@ -93,14 +93,20 @@ def _facts_of(data: Digits, attrs: Any) -> dict[str, np.ndarray]:
     return {name: getattr(attrs, name) for name in data.FACTS}
 
 
+def classifier_for(data: Digits) -> AttributeClassifier:
+    """An untrained classifier with a head per caption fact of the data, sized for its frames and channels."""
+    frames = data.frames if isinstance(data, DigitVideos) else 1
+    return AttributeClassifier({name: len(words) for name, words in data.FACTS.items()}, frames,
+                               data.sample_shape[0])
+
+
 def train_classifier(data: Digits, steps: int = 1500, batch_size: int = 64, heldout: int = 2000, seed: int = 0,
                      noise_std: float = 0.05) -> tuple[AttributeClassifier, dict[str, float]]:
     """Train on renderings of training glyphs (plus a little pixel noise, so it does not hinge on the exact
     rendering); return the model and its accuracy per fact on renderings of held-out glyphs."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    frames = data.frames if isinstance(data, DigitVideos) else 1
-    model = AttributeClassifier({name: len(words) for name, words in data.FACTS.items()}, frames)
+    model = classifier_for(data)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     model.train()
@@ -153,10 +159,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def tracked_velocity(clips: np.ndarray) -> np.ndarray:
     """The digit's mean displacement per frame, (dy, dx) [n, 2], from the centroid of each frame's ink: pixels
-    weighted by their distance from the clip's dark background colour (the generator's one background)."""
-    background = (2 * BACKGROUND_RGB[0] - 1)[None, :, None, None, None]  # in [-1, 1]
-    ink = np.linalg.norm(clips - background, axis=1)  # (n, T, H, W)
-    ink = np.clip(ink - 0.25, 0, None)  # ignore faint haze around the glyph
+    weighted by their distance above INK_FLOOR from the clip's background (its median colour)."""
+    background = np.median(clips.reshape(*clips.shape[:2], -1), axis=2)[:, :, None, None, None]  # (n, C, 1, 1, 1)
+    ink = np.clip(np.linalg.norm(clips - background, axis=1) - INK_FLOOR, 0, None)  # (n, T, H, W)
     h, w = ink.shape[-2:]
     mass = ink.sum(axis=(2, 3)) + 1e-6  # (n, T)
     cy = (ink * np.arange(h)[:, None]).sum(axis=(2, 3)) / mass
