@@ -25,6 +25,10 @@ ALGORITHM_MODULES: dict[str, str] = {
     "gnn.gamlp": "seraphim.algorithms.gnn.job",
     "gnn.pasca": "seraphim.algorithms.gnn.search",
     "vfl.blindfl": "seraphim.algorithms.vfl.job",
+    "beamvq": "seraphim.algorithms.beamvq.job",
+    "lm.transformer": "seraphim.algorithms.transformer.job",
+    "lr_scaling.sweep": "seraphim.algorithms.lr_scaling_sweep",
+    "lr_scaling.trial": "seraphim.algorithms.lr_scaling_trial",
 }
 
 _REGISTRY: dict[str, type["Job"]] = {}
@@ -51,6 +55,7 @@ class SchedulerAccess:
     address: str
     token: str | None
     tls: TlsFiles | None
+    job_id: str = ""  # this worker's job, for requests about it (its memory plan)
 
 
 class Job(ABC):
@@ -64,6 +69,11 @@ class Job(ABC):
     @abstractmethod
     def total_steps(self) -> int:
         """Steps each worker runs, for progress reporting."""
+
+    def check_cluster(self, cluster: Any, storage: Any) -> list[str]:
+        """Problems of this algorithm's section that only the cluster and storage sections show (a page budget
+        against the PS's storage page, a model against the disk), as 'field: problem' lines; none by default."""
+        return []
 
     @abstractmethod
     def run(self, ctx: JobContext) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def _managed(a: argparse.Namespace, token: str | None, tls: TlsFiles | None, log
     run_dir = Path(reply.run_dir)
     try:
         result = run_rank(reply.spec_yaml, a.job, a.rank, [p.address for p in sorted(view.ps, key=lambda p: p.shard)],
-                          token, tls, run_dir, agent.report, log, SchedulerAccess(a.scheduler, token, tls))
+                          token, tls, run_dir, agent.report, log, SchedulerAccess(a.scheduler, token, tls, a.job))
     except Exception as exc:
         agent.finish("FAILED", f"{type(exc).__name__}: {exc}", fatal=isinstance(exc, FatalJobError))
         raise

@@ -141,14 +141,10 @@ def stop_cli(proc: subprocess.Popen) -> None:
     stop_pids(children, _LEFTOVER_GRACE_S)
 
 
-def run_platform(job: dict[str, Any], workers: int, runs_dir: Path, warmup: int, tag: str,
-                 steps: int | None = None) -> Throughput:
-    """Run the job with `workers` workers through ``seraphim run`` and measure it from the workers' metrics;
-    tag makes the run's name (and so its directory under runs_dir) unique. `steps` is each worker's step count
-    (default: the CTR spec's ``train.steps``). Every process of the job is gone when this returns (see
-    _LEFTOVER_GRACE_S)."""
-    job = {**job, "name": f"{job['name']}-e2e-{workers}w-{tag}", "cluster": {**job["cluster"], "workers": workers}}
-    steps = job["train"]["steps"] if steps is None else steps
+def run_job(job: dict[str, Any], runs_dir: Path) -> tuple[Path, float]:
+    """Run a job spec through ``seraphim run`` into runs_dir; returns its run directory and the wall-clock seconds.
+    Every process of the job is gone when this returns (see _LEFTOVER_GRACE_S); a failed run, one without
+    results.json, or one whose processes were restarted raises."""
     job_path = runs_dir / f"{job['name']}.yaml"
     job_path.write_text(yaml.safe_dump(job, sort_keys=False))
     argv = [*seraphim_cli(), "run", str(job_path), "--runs-dir", str(runs_dir)]
@@ -169,7 +165,18 @@ def run_platform(job: dict[str, Any], workers: int, runs_dir: Path, warmup: int,
         raise RuntimeError(f"`{' '.join(argv)}` exited 0 but wrote no {run_dir / 'results.json'}")
     if restarted:
         raise RuntimeError(f"{run_dir}: processes were restarted during the run ({', '.join(restarted)}); its "
-                           f"throughput would not be steady-state; see {run_dir / 'logs'}")
+                           f"figures would not be steady-state; see {run_dir / 'logs'}")
+    return run_dir, wall
+
+
+def run_platform(job: dict[str, Any], workers: int, runs_dir: Path, warmup: int, tag: str,
+                 steps: int | None = None) -> Throughput:
+    """Run the job with `workers` workers through ``seraphim run`` and measure it from the workers' metrics;
+    tag makes the run's name (and so its directory under runs_dir) unique. `steps` is each worker's step count
+    (default: the CTR spec's ``train.steps``)."""
+    job = {**job, "name": f"{job['name']}-e2e-{workers}w-{tag}", "cluster": {**job["cluster"], "workers": workers}}
+    steps = job["train"]["steps"] if steps is None else steps
+    run_dir, wall = run_job(job, runs_dir)
     rates = [span_rate(read_step_seconds(run_dir / "metrics" / f"worker-{r}.csv"), warmup, steps - 2,
                        f"{run_dir}/metrics/worker-{r}.csv") for r in range(workers)]
     return Throughput(sum(rates), workers * steps / wall)

@@ -145,3 +145,31 @@ class SchedulerAgent:
                     break
                 time.sleep(0.5)
         self._channel.close()
+
+
+def request_memory_plan(scheduler: str, token: str | None, tls: TlsFiles | None,
+                        trace: scheduler_pb2.MemoryTrace | None, job_id: str,
+                        timeout_s: float = 300.0) -> scheduler_pb2.MemoryPlan:
+    """The job's memory plan: with a trace, the scheduler plans it unless the job has a plan already; without one,
+    wait until some worker's trace was planned."""
+    channel = make_channel(scheduler, tls)
+    stub = scheduler_pb2_grpc.SchedulerStub(channel)
+    metadata = token_metadata(token)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                if trace is not None:
+                    return stub.PlanMemory(trace, timeout=timeout_s, metadata=metadata)
+                plan = stub.GetMemoryPlan(scheduler_pb2.MemoryPlanRequest(job_id=job_id), timeout=30,
+                                          metadata=metadata)
+            except grpc.RpcError as err:
+                raise from_rpc_error(err, f"scheduler at {scheduler}") from None
+            if plan.ready:
+                return plan
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded(f"no memory plan for job {job_id} after {timeout_s:.0f}s: worker 0 reports "
+                                       f"the trace after its first step")
+            time.sleep(0.5)
+    finally:
+        channel.close()

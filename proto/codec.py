@@ -83,7 +83,8 @@ def _checked_view(dtype: str, shape: tuple[int, ...], data: bytes | memoryview) 
 # copy (b"".join) and comes in as a view of the received bytes. The bytes are exactly what protobuf writes (fields
 # in number order, proto3 defaults omitted, shape packed), so either side may still use the generated classes.
 
-_VARINT, _LEN = 0, 2
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+_FIXED_BYTES = {_I64: 8, _I32: 4}
 _U64 = (1 << 64) - 1
 
 
@@ -118,25 +119,33 @@ def encode_pull_reply(values: np.ndarray, dtype: str | None = None) -> bytes:
     return data
 
 
-def pull_reply_buffer(dtype: str, shape: tuple[int, ...]) -> tuple[bytes, np.ndarray]:
-    """The wire bytes of a ``PullReply`` for an array of `dtype` and `shape`, and a writable view of the array's
-    place in them, which the caller fills before it sends the bytes: the PS gathers rows from its pages straight
-    into the reply, so they are copied once on the way out instead of twice (gather, then join)."""
+def pull_reply_buffer(dtype: str, shape: tuple[int, ...],
+                      versions: np.ndarray | None = None) -> tuple[bytes, np.ndarray]:
+    """The wire bytes of a ``PullReply`` for an array of `dtype` and `shape` (and the rows' `versions`, of a
+    versioned table), and a writable view of the array's place in them, which the caller fills before it sends the
+    bytes: the PS gathers rows from its pages straight into the reply, so they are copied once on the way out
+    instead of twice (gather, then join)."""
     if dtype not in WIRE_DTYPES:
         raise InvalidArgument(f"dtype {dtype!r} cannot travel; allowed: {sorted(WIRE_DTYPES)}")
     wire = WIRE_DTYPES[dtype]
     nbytes = int(np.prod(shape, dtype=np.int64)) * wire.itemsize
     tensor = _tensor_head(dtype, tuple(shape), nbytes)
     head = _len_field(1, len(tensor) + nbytes) + tensor
-    data, view = writable_bytes(len(head) + nbytes)
+    tail = b""
+    if versions is not None and len(versions):
+        packed = b"".join(_varint(int(v)) for v in versions)
+        tail = _len_field(2, len(packed)) + packed
+    data, view = writable_bytes(len(head) + nbytes + len(tail))
     view[:len(head)] = np.frombuffer(head, dtype=np.uint8)
-    return data, view[len(head):].view(wire).reshape(shape)
+    if tail:
+        view[len(head) + nbytes:] = np.frombuffer(tail, dtype=np.uint8)
+    return data, view[len(head):len(head) + nbytes].view(wire).reshape(shape)
 
 
 def encode_push_request(table: str, keys: np.ndarray, values: np.ndarray, mode: int, worker: int,
-                        dtype: str | None = None) -> bytes:
+                        dtype: str | None = None, version: int = 0, lr_scale: float = 0.0) -> bytes:
     """Wire bytes of ``PushRequest(table=table, keys=encode_keys(keys), values=encode_array(values, dtype),
-    mode=mode, worker=worker)``, keys and values copied once."""
+    mode=mode, worker=worker, version=version, lr_scale=lr_scale)``, keys and values copied once."""
     name, wire = _wire_array(values, dtype)
     keys = np.ascontiguousarray(keys, dtype="<i8")
     table_bytes = table.encode()
@@ -145,6 +154,8 @@ def encode_push_request(table: str, keys: np.ndarray, values: np.ndarray, mode: 
     tensor = _tensor_head(name, wire.shape, wire.nbytes)
     middle = _len_field(3, len(tensor) + wire.nbytes) + tensor
     tail = (_varint(4 << 3) + _varint(mode) if mode else b"") + (_varint(5 << 3) + _varint(worker) if worker else b"")
+    tail += _varint(6 << 3) + _varint(version) if version else b""
+    tail += _varint(7 << 3 | _I32) + np.float32(lr_scale).tobytes() if lr_scale else b""
     return b"".join((head, keys, middle, wire, tail))
 
 
@@ -189,22 +200,25 @@ def _read_varint(buf: bytes | memoryview, pos: int, end: int) -> tuple[int, int]
 
 
 def _fields(buf: memoryview) -> dict[int, int | memoryview] | None:
-    """Fields of a message: number -> int (varint) or a memoryview of its bytes (length-delimited, no copy).
+    """Fields of a message: number -> int (varint) or a memoryview of its bytes (length-delimited and fixed-width
+    fields, no copy).
 
-    None for a layout protobuf writes only when it concatenates messages (a field number repeats) or for a
-    fixed-width wire type: the caller then parses with the generated class, which handles every case.
+    None for a layout protobuf writes only when it concatenates messages (a field number repeats) or for a group
+    wire type: the caller then parses with the generated class, which handles every case.
     """
     fields: dict[int, int | memoryview] = {}
     pos, end = 0, len(buf)
     while pos < end:
         key, pos = _read_varint(buf, pos, end)
         number, wire_type = key >> 3, key & 7
-        if number in fields or wire_type not in (_VARINT, _LEN):
+        if number in fields or wire_type not in (_VARINT, _LEN, _I32, _I64):
             return None
         if wire_type == _VARINT:
             fields[number], pos = _read_varint(buf, pos, end)
             continue
-        size, pos = _read_varint(buf, pos, end)
+        size = _FIXED_BYTES.get(wire_type)
+        if size is None:
+            size, pos = _read_varint(buf, pos, end)
         if pos + size > end:
             raise InvalidArgument(f"malformed protobuf message: field {number} needs {size} bytes, "
                                   f"{end - pos} are left")
@@ -245,14 +259,34 @@ def _tensor_view(data: memoryview) -> np.ndarray:
 
 def decode_pull_reply(data: bytes) -> np.ndarray:
     """The array of a serialized PullReply, as a read-only view of `data`."""
+    return decode_versioned_pull_reply(data)[0]
+
+
+def decode_versioned_pull_reply(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The array of a serialized PullReply (a read-only view of `data`) and its rows' versions (int64; empty for a
+    table without versions)."""
     fields = _fields(memoryview(data))
     if fields is None:
         msg = _parse(ps_pb2.PullReply, data)
         fields = {1: memoryview(msg.values.SerializeToString())} if msg.HasField("values") else {}
+        fields[2] = np.array(msg.versions, dtype=np.int64)
     values = fields.get(1)
     if not isinstance(values, memoryview):
         raise InvalidArgument("the pull reply carries no values")
-    return _tensor_view(values)
+    return _tensor_view(values), _packed_int64(fields.get(2, b""))
+
+
+def _packed_int64(packed: bytes | memoryview | int | np.ndarray) -> np.ndarray:
+    """A packed repeated int64 field (or one unpacked entry, which parsers accept as well)."""
+    if isinstance(packed, np.ndarray):
+        return packed
+    if isinstance(packed, int):
+        return np.array([_signed(packed, 64)], dtype=np.int64)
+    out, pos = [], 0
+    while pos < len(packed):
+        value, pos = _read_varint(packed, pos, len(packed))
+        out.append(_signed(value, 64))
+    return np.array(out, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -263,20 +297,28 @@ class PushFields:
     keys: np.ndarray
     values: np.ndarray
     mode: int
+    worker: int = 0
+    version: int = 0
+    lr_scale: float = 0.0
 
 
 def decode_push_request(data: bytes) -> PushFields:
-    """table, keys, values and mode of a serialized PushRequest, keys and values not copied."""
+    """The fields of a serialized PushRequest, keys and values not copied."""
     fields = _fields(memoryview(data))
     if fields is None:
         msg = _parse(ps_pb2.PushRequest, data)
-        fields = {1: memoryview(msg.table.encode()), 2: memoryview(msg.keys), 4: int(msg.mode)}
+        fields = {1: memoryview(msg.table.encode()), 2: memoryview(msg.keys), 4: int(msg.mode), 5: int(msg.worker),
+                  6: int(msg.version), 7: memoryview(np.float32(msg.lr_scale).tobytes())}
         if msg.HasField("values"):
             fields[3] = memoryview(msg.values.SerializeToString())
     table, keys, values, mode = fields.get(1, b""), fields.get(2, b""), fields.get(3), fields.get(4, 0)
-    if isinstance(table, int) or isinstance(keys, int) or not isinstance(mode, int):
-        raise InvalidArgument("malformed PushRequest: table and keys must be length-delimited fields, mode a varint")
+    worker, version, lr_scale = fields.get(5, 0), fields.get(6, 0), fields.get(7, bytes(4))
+    if (isinstance(table, int) or isinstance(keys, int) or not isinstance(mode, int) or not isinstance(worker, int)
+            or not isinstance(version, int) or isinstance(lr_scale, int) or len(lr_scale) != 4):
+        raise InvalidArgument("malformed PushRequest: table and keys must be length-delimited fields, mode, worker "
+                              "and version varints, lr_scale a 32-bit float")
     name = bytes(table).decode(errors="replace")
     if not isinstance(values, memoryview):
         raise InvalidArgument(f"push to {name!r} carries no values")
-    return PushFields(name, decode_keys(keys), _tensor_view(values), _signed(mode, 32))
+    return PushFields(name, decode_keys(keys), _tensor_view(values), _signed(mode, 32), _signed(worker, 32),
+                      _signed(version, 64), float(np.frombuffer(lr_scale, dtype="<f4")[0]))

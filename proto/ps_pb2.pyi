@@ -65,7 +65,7 @@ class LrScaleGroup(_message.Message):
     def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class TableSpec(_message.Message):
-    __slots__ = ("name", "kind", "dtype", "rows", "dim", "init", "optimizer", "lr_scales", "num_shards", "seed")
+    __slots__ = ("name", "kind", "dtype", "rows", "dim", "init", "optimizer", "lr_scales", "num_shards", "seed", "sum_workers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class TableSpec(_message.Message):
     LR_SCALES_FIELD_NUMBER: _ClassVar[int]
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    SUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: TableKind
     dtype: str
@@ -86,7 +87,8 @@ class TableSpec(_message.Message):
     lr_scales: _containers.RepeatedCompositeFieldContainer[LrScaleGroup]
     num_shards: int
     seed: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[TableKind, str]] = ..., dtype: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., init: _Optional[_Union[InitializerSpec, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., lr_scales: _Optional[_Iterable[_Union[LrScaleGroup, _Mapping]]] = ..., num_shards: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    sum_workers: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[TableKind, str]] = ..., dtype: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., init: _Optional[_Union[InitializerSpec, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., lr_scales: _Optional[_Iterable[_Union[LrScaleGroup, _Mapping]]] = ..., num_shards: _Optional[int] = ..., seed: _Optional[int] = ..., sum_workers: _Optional[int] = ...) -> None: ...
 
 class CreateTableRequest(_message.Message):
     __slots__ = ("spec", "shard")
@@ -123,36 +125,46 @@ class DropTableReply(_message.Message):
     def __init__(self, dropped: _Optional[bool] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("table", "keys", "worker", "read_only")
+    __slots__ = ("table", "keys", "worker", "read_only", "min_version", "wait_s")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: bytes
     worker: int
     read_only: bool
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[bytes] = ..., worker: _Optional[int] = ..., read_only: _Optional[bool] = ...) -> None: ...
+    min_version: int
+    wait_s: float
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[bytes] = ..., worker: _Optional[int] = ..., read_only: _Optional[bool] = ..., min_version: _Optional[int] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class PullReply(_message.Message):
-    __slots__ = ("values",)
+    __slots__ = ("values", "versions")
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     values: _common_pb2.Tensor
-    def __init__(self, values: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("table", "keys", "values", "mode", "worker")
+    __slots__ = ("table", "keys", "values", "mode", "worker", "version", "lr_scale")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LR_SCALE_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: bytes
     values: _common_pb2.Tensor
     mode: PushMode
     worker: int
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[bytes] = ..., values: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., mode: _Optional[_Union[PushMode, str]] = ..., worker: _Optional[int] = ...) -> None: ...
+    version: int
+    lr_scale: float
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[bytes] = ..., values: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., mode: _Optional[_Union[PushMode, str]] = ..., worker: _Optional[int] = ..., version: _Optional[int] = ..., lr_scale: _Optional[float] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("rows",)
@@ -254,7 +266,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("tables", "ram_budget", "ram_used", "lmdb_bytes", "evictions", "uptime_s", "peak_rss_bytes")
+    __slots__ = ("tables", "ram_budget", "ram_used", "lmdb_bytes", "evictions", "uptime_s", "peak_rss_bytes", "page_bytes")
     TABLES_FIELD_NUMBER: _ClassVar[int]
     RAM_BUDGET_FIELD_NUMBER: _ClassVar[int]
     RAM_USED_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +274,7 @@ class StatsReply(_message.Message):
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     PEAK_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     tables: _containers.RepeatedCompositeFieldContainer[TableStats]
     ram_budget: int
     ram_used: int
@@ -269,7 +282,8 @@ class StatsReply(_message.Message):
     evictions: int
     uptime_s: float
     peak_rss_bytes: int
-    def __init__(self, tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ..., ram_budget: _Optional[int] = ..., ram_used: _Optional[int] = ..., lmdb_bytes: _Optional[int] = ..., evictions: _Optional[int] = ..., uptime_s: _Optional[float] = ..., peak_rss_bytes: _Optional[int] = ...) -> None: ...
+    page_bytes: int
+    def __init__(self, tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ..., ram_budget: _Optional[int] = ..., ram_used: _Optional[int] = ..., lmdb_bytes: _Optional[int] = ..., evictions: _Optional[int] = ..., uptime_s: _Optional[float] = ..., peak_rss_bytes: _Optional[int] = ..., page_bytes: _Optional[int] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

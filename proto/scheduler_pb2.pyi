@@ -264,3 +264,45 @@ class ClusterView(_message.Message):
     ps: _containers.RepeatedCompositeFieldContainer[PsEndpoint]
     complete: bool
     def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., ps: _Optional[_Iterable[_Union[PsEndpoint, _Mapping]]] = ..., complete: _Optional[bool] = ...) -> None: ...
+
+class MemoryTrace(_message.Message):
+    __slots__ = ("job_id", "rank", "lower", "upper", "size", "method", "time_limit_s")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TIME_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    rank: int
+    lower: _containers.RepeatedScalarFieldContainer[int]
+    upper: _containers.RepeatedScalarFieldContainer[int]
+    size: _containers.RepeatedScalarFieldContainer[int]
+    method: str
+    time_limit_s: float
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., lower: _Optional[_Iterable[int]] = ..., upper: _Optional[_Iterable[int]] = ..., size: _Optional[_Iterable[int]] = ..., method: _Optional[str] = ..., time_limit_s: _Optional[float] = ...) -> None: ...
+
+class MemoryPlanRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class MemoryPlan(_message.Message):
+    __slots__ = ("ready", "offsets", "size", "peak", "lower_bound", "solve_s", "method")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    PEAK_FIELD_NUMBER: _ClassVar[int]
+    LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    SOLVE_S_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ready: bool
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    size: _containers.RepeatedScalarFieldContainer[int]
+    peak: int
+    lower_bound: int
+    solve_s: float
+    method: str
+    def __init__(self, ready: _Optional[bool] = ..., offsets: _Optional[_Iterable[int]] = ..., size: _Optional[_Iterable[int]] = ..., peak: _Optional[int] = ..., lower_bound: _Optional[int] = ..., solve_s: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...

@@ -79,6 +79,16 @@ class SchedulerStub:
                 request_serializer=seraphim_dot_proto_dot_scheduler__pb2.ClusterViewRequest.SerializeToString,
                 response_deserializer=seraphim_dot_proto_dot_scheduler__pb2.ClusterView.FromString,
                 _registered_method=True)
+        self.PlanMemory = channel.unary_unary(
+                '/seraphim.scheduler.Scheduler/PlanMemory',
+                request_serializer=seraphim_dot_proto_dot_scheduler__pb2.MemoryTrace.SerializeToString,
+                response_deserializer=seraphim_dot_proto_dot_scheduler__pb2.MemoryPlan.FromString,
+                _registered_method=True)
+        self.GetMemoryPlan = channel.unary_unary(
+                '/seraphim.scheduler.Scheduler/GetMemoryPlan',
+                request_serializer=seraphim_dot_proto_dot_scheduler__pb2.MemoryPlanRequest.SerializeToString,
+                response_deserializer=seraphim_dot_proto_dot_scheduler__pb2.MemoryPlan.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -138,6 +148,19 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanMemory(self, request, context):
+        """plan a step's saved activations once per job (the first trace wins); every worker then gets the same plan
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMemoryPlan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +208,16 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.GetClusterView,
                     request_deserializer=seraphim_dot_proto_dot_scheduler__pb2.ClusterViewRequest.FromString,
                     response_serializer=seraphim_dot_proto_dot_scheduler__pb2.ClusterView.SerializeToString,
+            ),
+            'PlanMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanMemory,
+                    request_deserializer=seraphim_dot_proto_dot_scheduler__pb2.MemoryTrace.FromString,
+                    response_serializer=seraphim_dot_proto_dot_scheduler__pb2.MemoryPlan.SerializeToString,
+            ),
+            'GetMemoryPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemoryPlan,
+                    request_deserializer=seraphim_dot_proto_dot_scheduler__pb2.MemoryPlanRequest.FromString,
+                    response_serializer=seraphim_dot_proto_dot_scheduler__pb2.MemoryPlan.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +463,60 @@ class Scheduler:
             '/seraphim.scheduler.Scheduler/GetClusterView',
             seraphim_dot_proto_dot_scheduler__pb2.ClusterViewRequest.SerializeToString,
             seraphim_dot_proto_dot_scheduler__pb2.ClusterView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seraphim.scheduler.Scheduler/PlanMemory',
+            seraphim_dot_proto_dot_scheduler__pb2.MemoryTrace.SerializeToString,
+            seraphim_dot_proto_dot_scheduler__pb2.MemoryPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemoryPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seraphim.scheduler.Scheduler/GetMemoryPlan',
+            seraphim_dot_proto_dot_scheduler__pb2.MemoryPlanRequest.SerializeToString,
+            seraphim_dot_proto_dot_scheduler__pb2.MemoryPlan.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,7 @@ class ParameterServer:
         for name, meta in self.store.tables().items():
             table = PSTable(ps_pb2.TableSpec.FromString(meta), config.shard, self.store)
             self.store.open_table(name, table.init_rows)
+            table.start_versions(recovered=True)
             self.tables[name] = table
         self.restored_clock = self.store.restored_clock
         self.clocks = ClockTable(config.num_workers, config.staleness, start=self.restored_clock or 0,
@@ -92,6 +93,7 @@ class ParameterServer:
                                         table.init_rows)
             except ValueError as exc:
                 raise InvalidArgument(f"table {spec.name!r}: {exc}") from exc
+            table.start_versions(recovered=False)
             self.tables[spec.name] = table
             self.store.snapshot(self.clocks.min_clock)
             return table.info(created=True)
@@ -110,10 +112,12 @@ class ParameterServer:
         self._pulls.setdefault(name, _Counter()).add(len(keys))
         return values
 
-    def push(self, name: str, keys: np.ndarray, values: np.ndarray, mode: int) -> int:
-        self.table(name).push(keys, values, mode)
+    def push(self, name: str, keys: np.ndarray, values: np.ndarray, mode: int, worker: int = 0, version: int = 0,
+             lr_factor: float = 1.0) -> int:
+        """Apply a push (see PSTable.push); returns the rows taken."""
+        taken = self.table(name).push(keys, values, mode, worker, version, lr_factor)
         self._pushes.setdefault(name, _Counter()).add(len(keys))
-        return len(keys)
+        return taken
 
     def call(self, name: str, psf: str, args: dict[str, str], tensors: list[np.ndarray]):
         table = self.table(name)
@@ -144,7 +148,8 @@ class ParameterServer:
         store = store_stats.get("_store", {})
         reply = ps_pb2.StatsReply(ram_budget=int(store.get("ram_budget", 0)), ram_used=int(store.get("ram_used", 0)),
                                   lmdb_bytes=int(store.get("lmdb_bytes", 0)), evictions=int(store.get("evictions", 0)),
-                                  uptime_s=time.monotonic() - self.started, peak_rss_bytes=peak_rss_bytes())
+                                  uptime_s=time.monotonic() - self.started, peak_rss_bytes=peak_rss_bytes(),
+                                  page_bytes=self.config.page_bytes)
         for name, table in sorted(self.tables.items()):
             s = store_stats.get(name, {})
             pulls, pushes = self._pulls.get(name, _Counter()), self._pushes.get(name, _Counter())

@@ -79,8 +79,9 @@ class PSService(ps_pb2_grpc.ParameterServerServicer):
         """Answers PullReply wire bytes, the rows gathered from their pages straight into them (one copy)."""
         keys = decode_keys(request.keys)
         table = self.ps.table(request.table)
-        reply, rows = pull_reply_buffer(table.spec.dtype, (len(keys), table.layout.dim))
-        self.ps.pull(request.table, keys, create=not request.read_only, out=rows)
+        with table.reading(keys, request.min_version, request.wait_s or self.ps.config.clock_timeout_s) as versions:
+            reply, rows = pull_reply_buffer(table.spec.dtype, (len(keys), table.layout.dim), versions)
+            self.ps.pull(request.table, keys, create=not request.read_only, out=rows)
         return reply
 
     @wire_handler(request=True)
@@ -88,7 +89,8 @@ class PSService(ps_pb2_grpc.ParameterServerServicer):
     def Push(self, request: bytes):
         """Takes PushRequest wire bytes: keys and values are views of them, not protobuf copies."""
         push = decode_push_request(request)
-        return ps_pb2.PushReply(rows=self.ps.push(push.table, push.keys, push.values, push.mode))
+        return ps_pb2.PushReply(rows=self.ps.push(push.table, push.keys, push.values, push.mode, push.worker,
+                                                  push.version, push.lr_scale or 1.0))
 
     @_unary
     def Call(self, request):

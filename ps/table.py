@@ -6,7 +6,8 @@ runs the table's optimizer on the touched rows inside one atomic read-modify-wri
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 
@@ -16,7 +17,11 @@ from seraphim.proto.partition import dense_block, sparse_shard_of
 from seraphim.ps.initializers import initializer_from_spec
 from seraphim.ps.optimizers import Optimizer, optimizer_from_spec
 from seraphim.ps.row_layout import DTYPES, FLOAT_DTYPES, RowLayout, from_bfloat16_bits
+from seraphim.ps.versions import VersionedRows
 from seraphim.storage.shard_store import ShardStore
+
+#: optimizers whose state ends in a step count, which a versioned table's rows use as their version
+STEP_COUNTING_OPTIMIZERS = ("adam", "adamw")
 
 
 def check_spec(spec: ps_pb2.TableSpec) -> None:
@@ -40,6 +45,13 @@ def check_spec(spec: ps_pb2.TableSpec) -> None:
         if g.end <= g.start or g.scale < 0:
             raise InvalidArgument(f"table {spec.name!r}: lr scale group [{g.start}, {g.end}) x{g.scale} "
                                   f"needs start < end and scale >= 0")
+    if spec.sum_workers < 0:
+        raise InvalidArgument(f"table {spec.name!r}: sum_workers must be >= 0, got {spec.sum_workers}")
+    if spec.sum_workers and (spec.kind != ps_pb2.DENSE or spec.optimizer.name not in STEP_COUNTING_OPTIMIZERS):
+        raise InvalidArgument(f"table {spec.name!r}: a versioned table (sum_workers={spec.sum_workers}) must be "
+                              f"dense with an optimizer that counts steps {list(STEP_COUNTING_OPTIMIZERS)}; got a "
+                              f"{'dense' if spec.kind == ps_pb2.DENSE else 'sparse'} table with optimizer "
+                              f"{spec.optimizer.name or 'none'!r}")
 
 
 class PSTable:
@@ -65,6 +77,27 @@ class PSTable:
         self._scale_starts = np.array([g.start for g in groups], dtype=np.int64)
         self._scale_ends = np.array([g.end for g in groups], dtype=np.int64)
         self._scale_values = np.array([g.scale for g in groups], dtype=np.float32)
+        self.versions: VersionedRows | None = None  # set by start_versions for a versioned table
+
+    def start_versions(self, recovered: bool) -> None:
+        """Versioned tables: each row's version from its stored step count (a recovered table), or 0 (a new one)."""
+        if not self.spec.sum_workers:
+            return
+        versions = np.zeros(self.dense_rows, dtype=np.int64)
+        if recovered:
+            for slots, rows in self.store.scan(self.name):
+                versions[slots] = self.layout.state(rows)[:, -1].astype(np.int64)
+        self.versions = VersionedRows(self.name, versions, self.layout.dim, int(self.spec.sum_workers))
+
+    def reading(self, keys: np.ndarray, min_version: int, wait_s: float) -> ContextManager[np.ndarray | None]:
+        """Around a pull: a versioned table waits until the keys' rows hold min_version, then keeps updates out
+        while the rows are read and yields their versions; any other table yields None."""
+        if self.versions is None:
+            if min_version:
+                raise InvalidArgument(f"pull from {self.name!r} asks for min_version {min_version}, but the table "
+                                      f"is not versioned (create it with sum_workers > 0)")
+            return nullcontext(None)
+        return self.versions.reading(self.slots(keys), min_version, wait_s)
 
     @property
     def row_bytes(self) -> int:
@@ -145,8 +178,11 @@ class PSTable:
                                              out=np.empty((int(present.sum()), raw.shape[1]), dtype=np.uint8))
         return out
 
-    def push(self, keys: np.ndarray, values: np.ndarray, mode: int) -> None:
-        """Apply gradients (optimizer), assign or add `values` [len(keys), dim] to unique keys."""
+    def push(self, keys: np.ndarray, values: np.ndarray, mode: int, worker: int = 0, version: int = 0,
+             lr_factor: float = 1.0) -> int:
+        """Apply gradients (optimizer), assign or add `values` [len(keys), dim] to unique keys; returns the rows
+        taken. A versioned table sums the gradients of `version` over its workers first (see ps/versions.py);
+        `lr_factor` multiplies the learning rate of this update."""
         if values.shape != (len(keys), self.layout.dim):
             raise InvalidArgument(f"push to {self.name!r}: values have shape {list(values.shape)}, expected "
                                   f"[{len(keys)}, {self.layout.dim}] (one row of dim {self.layout.dim} per key)")
@@ -155,20 +191,31 @@ class PSTable:
         if len(repeats):
             raise InvalidArgument(f"push to {self.name!r}: key {int(repeats[0])} repeats; merge duplicate keys "
                                   f"before pushing (the PS client does this)")
+        if not (lr_factor > 0 and np.isfinite(lr_factor)):
+            raise InvalidArgument(f"push to {self.name!r}: lr_scale must be a finite number > 0, got {lr_factor}")
+        if mode == ps_pb2.GRADIENT and self.versions is not None:
+            grads = self._as_float32(values)
+            return self.versions.add(self.slots(keys), grads, version, worker, lr_factor,
+                                     lambda rows, sums, factor: self._apply_gradients(rows + self.row_start, sums,
+                                                                                      factor))
         if mode == ps_pb2.GRADIENT:
-            self._apply_gradients(keys, values)
+            self._apply_gradients(keys, values, lr_factor)
         elif mode in (ps_pb2.ASSIGN, ps_pb2.ADD):
-            self._set_values(keys, values, add=mode == ps_pb2.ADD)
+            with self.versions.cond if self.versions is not None else nullcontext():
+                self._set_values(keys, values, add=mode == ps_pb2.ADD)
         else:
             raise InvalidArgument(f"push to {self.name!r}: unknown mode {mode}; use GRADIENT, ASSIGN or ADD")
+        return len(keys)
 
-    def _apply_gradients(self, keys: np.ndarray, values: np.ndarray) -> None:
+    def _apply_gradients(self, keys: np.ndarray, values: np.ndarray, lr_factor: float = 1.0) -> None:
         if self.optimizer is None:
             raise FailedPrecondition(
                 f"table {self.name!r} has no optimizer, so it cannot take gradients; push with mode ASSIGN or ADD, "
                 f"or create the table with an optimizer")
         grads = self._as_float32(values)
         scale = self.lr_scale(keys)
+        if lr_factor != 1.0:
+            scale *= np.float32(lr_factor)
         optimizer, layout = self.optimizer, self.layout
         in_place = layout.dtype == "float32"
 

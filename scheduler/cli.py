@@ -3,7 +3,8 @@
 ``seraphim run JOB.yaml`` is the embedded default: a scheduler, the PS shards and the workers as local processes on
 loopback, a progress bar, and everything under ``runs/<job>/``. The roles by hand for a cluster of hosts:
 ``seraphim scheduler start``, ``seraphim ps start``, ``seraphim worker start``; jobs: ``submit``, ``status``,
-``jobs``, ``logs``, ``cancel``. Every error is one line on stderr and a non-zero exit.
+``jobs``, ``logs``, ``cancel``; ``plan-memory TRACE.csv`` plans a memory trace; ``lr-advise`` reads a finished
+run; ``export`` writes an LM run for Hugging Face. Every error is one line on stderr and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from seraphim.proto import scheduler_pb2
-from seraphim.proto.errors import SeraphimError
+from seraphim.proto.errors import DeadlineExceeded, SeraphimError, Unavailable
 from seraphim.proto.rpc import TlsFiles, resolve_token
 from seraphim.scheduler.client import SchedulerClient, default_address
 from seraphim.scheduler.embedded import SchedulerProcess
@@ -70,9 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"seraphim: {spec.name} ({spec.algorithm}) is job {job_id}: {spec.cluster.ps} PS, "
               f"{spec.cluster.workers} workers; run directory {status.run_dir}", file=sys.stderr)
         status = follow(client, job_id)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, SIGTERM or a scheduler that stopped answering: the job's processes go too
         if job_id:
-            client.cancel(job_id)
+            _cancel_quietly(client, job_id)
         raise
     finally:
         client.close()
@@ -80,14 +83,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return report_end(status)
 
 
-def follow(client: SchedulerClient, job_id: str) -> scheduler_pb2.JobStatus:
-    """Redraw the progress bar until the job ends; print the job's events as they happen."""
+def _cancel_quietly(client: SchedulerClient, job_id: str) -> None:
+    """Cancel a job on the way out of `seraphim run`; a scheduler that cannot be reached is already stopping."""
+    try:
+        client.cancel(job_id)
+    except SeraphimError as exc:
+        print(f"seraphim: could not cancel job {job_id}: {exc}", file=sys.stderr)
+
+
+def follow(client: SchedulerClient, job_id: str, patience_s: float = 60.0) -> scheduler_pb2.JobStatus:
+    """Redraw the progress bar until the job ends; print the job's events as they happen. A scheduler busy past an
+    RPC deadline or briefly unreachable is asked again for up to patience_s before the run gives up."""
     status = client.job(job_id)
     bar = ProgressBar(status.total_steps)
     events = 0
+    failing_since: float | None = None
     while True:
-        status = client.job(job_id)
-        lines = [line for chunk in client.logs(job_id, source="job") for line in chunk.text.splitlines()]
+        try:
+            status = client.job(job_id)
+            lines = [line for chunk in client.logs(job_id, source="job") for line in chunk.text.splitlines()]
+            failing_since = None
+        except (DeadlineExceeded, Unavailable):
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since > patience_s:
+                raise
+            time.sleep(1.0)
+            continue
         for line in lines[events:]:
             if _NOTABLE.search(line):
                 bar.note(line)
@@ -104,8 +125,12 @@ def report_end(status: scheduler_pb2.JobStatus) -> int:
     if results:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     for name, res in results.items():
+        texts = {k: v for k, v in res.items() if isinstance(v, list) and v and all(isinstance(t, str) for t in v)}
         print(f"{name}: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                      for k, v in res.items()), file=sys.stderr)
+                                      for k, v in res.items() if k not in texts), file=sys.stderr)
+        for key, items in texts.items():  # generated text: one block per item, indented under the worker
+            for item in items:
+                print(f"  {key}: " + item.replace("\n", "\n    "), file=sys.stderr)
     if status.state != scheduler_pb2.SUCCEEDED:
         raise CLIError(f"job {status.job_id} {STATE(status.state)}: {status.reason or 'no reason given'} "
                        f"(logs in {run_dir / 'logs'})")
@@ -122,6 +147,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
         status = client.submit(Path(args.job).read_text(), args.launcher or "", str(root))
     print(status.job_id)
     print(f"seraphim: submitted {status.job_id} ({status.launcher}); run directory {status.run_dir}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a finished LM run's model as a Hugging Face Llama directory."""
+    from seraphim.algorithms.transformer.export import ExportError, export_run
+
+    try:
+        out = export_run(Path(args.run_dir), Path(args.out))
+    except ExportError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"seraphim: exported {args.run_dir} to {out} (transformers: LlamaForCausalLM.from_pretrained)",
           file=sys.stderr)
     return 0
 
@@ -164,6 +202,99 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan_memory(args: argparse.Namespace) -> int:
+    """Plan a DSA trace (best fit, exact search, MIP within the time limit); print peak, lower bound, time."""
+    from seraphim.scheduler.planner import ProblemError, TraceFormatError, plan_memory, read_problem, write_plan
+    if args.time_limit <= 0:
+        raise CLIError(f"--time-limit {args.time_limit}: must be positive (seconds)")
+    try:
+        plan = plan_memory(read_problem(args.trace), time_limit_s=args.time_limit)
+    except (TraceFormatError, ProblemError) as exc:
+        raise CLIError(str(exc)) from None
+    if args.out:
+        write_plan(args.out, plan)
+    print(f"peak: {plan.peak}\nlower_bound: {plan.lower_bound}\nsolve_s: {plan.solve_s:.3f}")
+    return 0
+
+
+def cmd_lr_advise(args: argparse.Namespace) -> int:
+    """Surge's learning rate at ``--batch`` from a run: B_noise from its sweep (``surge.json``) or its last logged
+    ``b_noise`` metric; the reference point from the flags, the run's ``train.batch_size``/``train.lr``, or the
+    sweep's fitted eps_max."""
+    from seraphim.algorithms.lr_scaling import lr_curve, lr_for_batch
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise CLIError(f"run directory {args.run_dir!r} does not exist")
+    if (args.ref_batch is None) != (args.ref_lr is None):
+        raise CLIError("give both --ref-batch and --ref-lr (a tuned batch size and its learning rate), or neither")
+    sweep = _sweep_entry(run_dir / "surge.json", args.optimizer, args.target_loss)
+    b_noise, source = (sweep["b_noise"], sweep["source"]) if sweep else _logged_b_noise(run_dir)
+    ref = (args.ref_batch, args.ref_lr) if args.ref_batch is not None else _job_reference(run_dir)
+    law = "eq. 2 (Surge, Adam)" if args.optimizer == "adam" else "eq. 1 (McCandlish, SGD)"
+    if args.batch <= 0:
+        raise CLIError(f"--batch must be a positive batch size, got {args.batch:g}")
+    if ref is not None:
+        try:
+            lr = lr_for_batch(args.batch, ref, b_noise, args.optimizer)
+        except ValueError as exc:
+            raise CLIError(f"reference point {ref}: {exc}") from None
+        formula = f"{law} through B0={ref[0]:g}, lr0={ref[1]:g}"
+    elif sweep and sweep.get("eps_max") is not None:
+        lr = float(lr_curve(args.optimizer, args.batch, b_noise, sweep["eps_max"]))
+        formula = f"{law} with the sweep's eps_max={sweep['eps_max']:.4g} (eq. 23)"
+    else:
+        raise CLIError(f"no reference point: {run_dir / 'job.yaml'} has no train.batch_size and train.lr; pass "
+                       "--ref-batch B0 --ref-lr LR0 (a batch size and its tuned learning rate)")
+    print(f"b_noise: {b_noise:.6g}  ({source})")
+    print(f"lr: {lr:.6g}  ({formula} at B={args.batch:g})")
+    return 0
+
+
+def _sweep_entry(path: Path, optimizer: str, target: float | None) -> dict | None:
+    """The sweep's fit for ``optimizer`` at ``target`` (default: the lowest target loss that has a fit)."""
+    if not path.exists():
+        return None
+    try:
+        surge = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"{path} is not valid JSON ({exc}); re-run the sweep") from None
+    if optimizer not in surge:
+        raise CLIError(f"{path} has no {optimizer!r} arm (it has {sorted(surge)}); pass --optimizer one of those")
+    fitted = {float(t): e for t, e in surge[optimizer].items() if e.get("b_noise") is not None}
+    if not fitted:
+        raise CLIError(f"{path}: no target of the {optimizer!r} arm has a B_noise fit")
+    if target is None:
+        target = min(fitted)
+    if target not in fitted:
+        raise CLIError(f"{path}: no {optimizer!r} fit at target loss {target:g}; fitted targets: {sorted(fitted)}")
+    entry = fitted[target]
+    return {**entry, "source": f"eq. 22 fit of the sweep at target loss {target:g}, R^2 {entry['r2']:.3f}"}
+
+
+def _logged_b_noise(run_dir: Path) -> tuple[float, str]:
+    from seraphim.scheduler.reports import metric_table, read_metrics, summarize
+
+    try:
+        summary = summarize(metric_table(read_metrics(run_dir / "metrics")))
+    except ValueError as exc:
+        raise CLIError(f"{run_dir} has no surge.json (not a sweep) and {exc}") from None
+    if summary.get("b_noise", {}).get("mean") is None:
+        raise CLIError(f"{run_dir} has no surge.json and no b_noise metric: log GradientNoiseScale.metrics() in the "
+                       "job (seraphim.algorithms.lr_scaling), or run an lr_scaling.sweep")
+    last = summary["b_noise"]
+    return last["mean"], f"last logged b_noise metric, step {max(last['last_step'].values())}, mean over workers"
+
+
+def _job_reference(run_dir: Path) -> tuple[float, float] | None:
+    """``train.batch_size`` and ``train.lr`` of the run's job.yaml, when it has both."""
+    job = run_dir / "job.yaml"
+    train = (yaml.safe_load(job.read_text()) or {}).get("train", {}) if job.exists() else {}
+    if isinstance(train, dict) and "batch_size" in train and "lr" in train:
+        return float(train["batch_size"]), float(train["lr"])
+    return None
+
+
 def _connection_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", help="scheduler address (default SERAPHIM_SCHEDULER or 127.0.0.1:7070)")
     p.add_argument("--token", help="cluster token (or --token-file, SERAPHIM_TOKEN, SERAPHIM_TOKEN_FILE)")
@@ -202,6 +333,20 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job_id")
     _connection_flags(cancel)
+    export = sub.add_parser("export", help="write a finished LM run's model for Hugging Face transformers")
+    export.add_argument("run_dir", help="the run directory, e.g. runs/lm")
+    export.add_argument("--out", required=True, help="directory to write (config, safetensors, tokenizer)")
+    plan = sub.add_parser("plan-memory", help="plan a memory trace (DSA CSV: id,lower,upper,size)")
+    plan.add_argument("trace", help="CSV with id,lower,upper,size rows, lifetimes [lower, upper)")
+    plan.add_argument("--out", help="write the rows with an offset column here")
+    plan.add_argument("--time-limit", type=float, default=10.0, help="seconds for the search and the MIP")
+    advise = sub.add_parser("lr-advise", help="Surge's learning rate at a batch size, from a finished run")
+    advise.add_argument("run_dir", help="a run directory: an lr_scaling.sweep's, or a job's that logged b_noise")
+    advise.add_argument("--batch", type=float, required=True, help="the batch size to advise for")
+    advise.add_argument("--ref-batch", type=float, help="a batch size whose learning rate is tuned (with --ref-lr)")
+    advise.add_argument("--ref-lr", type=float, help="the tuned learning rate at --ref-batch")
+    advise.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    advise.add_argument("--target-loss", type=float, help="a sweep's target loss (default: its lowest fitted one)")
     return parser
 
 
@@ -221,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         return _role_main(argv[0], argv[2:])
     args = build_parser().parse_args(argv)
     commands = {"run": cmd_run, "submit": cmd_submit, "status": cmd_status, "jobs": cmd_status,
-                "logs": cmd_logs, "cancel": cmd_cancel}
+                "logs": cmd_logs, "cancel": cmd_cancel, "export": cmd_export, "plan-memory": cmd_plan_memory,
+                "lr-advise": cmd_lr_advise}
     if args.command == "jobs":
         args.job_id = None
     try:

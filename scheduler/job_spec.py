@@ -92,6 +92,9 @@ def parse_job(data: Any, source: str = "job spec") -> tuple[JobSpec, BaseModel]:
         train = cls.Spec.model_validate(spec.train)
     except ValidationError as exc:
         raise JobSpecError(f"{source}: " + "; ".join(_format(exc, "train"))) from None
+    problems = cls(train).check_cluster(spec.cluster, spec.storage)
+    if problems:
+        raise JobSpecError(f"{source}: " + "; ".join(problems))
     return spec, train
 
 

@@ -23,6 +23,7 @@ from seraphim.proto import scheduler_pb2
 from seraphim.proto.errors import FailedPrecondition, InvalidArgument, NotFound
 from seraphim.scheduler.job_spec import JobSpecError, JobSpec, parse_job_text
 from seraphim.scheduler.launchers import LAUNCHERS, LocalLauncher
+from seraphim.scheduler.memory_plans import MemoryPlans
 from seraphim.scheduler.store import JobRow, JobStore, NodeRow
 from seraphim.scheduler.metrics_file import MetricsWriter
 
@@ -49,6 +50,7 @@ class Master:
         self._report_threads: list[threading.Thread] = []
         self._stopping: dict[str, tuple[float, float]] = {}  # job -> (SIGTERM at, SIGKILL at), monotonic
         self._closed = threading.Event()
+        self.memory_plans = MemoryPlans()
         self._adopt_running_jobs()
         self._monitor = threading.Thread(target=self._watch, name="monitor", daemon=True)
         self._monitor.start()
@@ -58,10 +60,22 @@ class Master:
         """After a restart: give every process of an active job a fresh heartbeat grace and say so in its log."""
         now = time.time()
         for job in self.store.jobs(ACTIVE):
+            if not Path(job.run_dir).is_dir():
+                self._abandon(job, f"its run directory {job.run_dir} was removed while the scheduler was down")
+                continue
             for node in self.store.nodes(job.job_id):
                 if node.state in ("STARTING", "RUNNING"):
                     self.store.update_node(job.job_id, node.role, node.rank, last_heartbeat=now)
             self._event(job.job_id, "scheduler restarted; following the job's processes again")
+
+    def _abandon(self, job: JobRow, reason: str) -> None:
+        """Fail a job that cannot be followed again: its local processes are killed, nothing is written to its run."""
+        if job.launcher == "local":
+            for node in self.store.nodes(job.job_id):
+                if node.state in ("STARTING", "RUNNING"):
+                    self.launcher.signal(node, signal.SIGKILL)
+        self.store.update_job(job.job_id, state=scheduler_pb2.FAILED, reason=reason, finished=time.time())
+        log.warning("%s: failed: %s", job.job_id, reason)
 
     def submit(self, spec_yaml: str, launcher: str, run_root: str) -> JobRow:
         try:
@@ -277,6 +291,17 @@ class Master:
             job_id=job_id, state=job.state, complete=all(n.state == "RUNNING" and n.address for n in ps),
             ps=[scheduler_pb2.PsEndpoint(shard=n.rank % group, address=n.address, attempt=n.attempt, state=n.state)
                 for n in ps])
+
+    def plan_memory(self, trace: scheduler_pb2.MemoryTrace) -> scheduler_pb2.MemoryPlan:
+        """The job's memory plan: planned from this trace if the job has none yet (see memory_plans.py)."""
+        job = self.job(trace.job_id)
+        plan = self.memory_plans.plan(trace, Path(job.run_dir))
+        self._event(job.job_id, f"memory plan ({plan.method}) of {len(plan.offsets)} saved activations: peak "
+                                f"{plan.peak} bytes, lower bound {plan.lower_bound}, {plan.solve_s:.1f}s")
+        return plan
+
+    def memory_plan(self, job_id: str) -> scheduler_pb2.MemoryPlan:
+        return self.memory_plans.get(Path(self.job(job_id).run_dir))
 
     @staticmethod
     def _ps_per_worker(job: JobRow) -> bool:

@@ -1,5 +1,6 @@
-"""One progress line for a running job, drawn from the scheduler's JobStatus: step, loss, AUC, throughput,
-restarts; notable events (a process lost or restarted) are printed above it as they happen."""
+"""One progress line for a running job, drawn from the scheduler's JobStatus: step, loss, AUC, accuracy, a
+self-training round with its skill and physics scores, throughput, restarts; notable events (a process lost or
+restarted) are printed above it as they happen."""
 
 from __future__ import annotations
 
@@ -27,15 +28,27 @@ class ProgressBar:
         m = status.metrics
         if "hop" in m and "hops_total" in m:
             parts.append(f"hop {m['hop']:.0f}/{m['hops_total']:.0f}")
+        if "round" in m and "rounds_total" in m:
+            parts.append(f"round {m['round']:.0f}/{m['rounds_total']:.0f}")
         if "train_loss" in m:
             parts.append(f"loss {m['train_loss']:.4f}")
         if "auc" in m:
             parts.append(f"auc {m['auc']:.4f}")
-        for name in ("val_acc", "test_acc", "accuracy"):
+        for name in ("val_acc", "test_acc", "accuracy", "val_ppl", "skill", "physics"):
             if name in m:
                 parts.append(f"{name.replace('_', ' ')} {m[name]:.4f}")
         if "examples_per_s" in m:
             parts.append(f"{m['examples_per_s'] * max(1, status.num_workers):,.0f} ex/s")
+        if "tokens_per_s" in m:
+            parts.append(f"{m['tokens_per_s'] * max(1, status.num_workers):,.0f} tok/s")
+        if "pages_in_flight" in m:
+            parts.append(f"pages in flight {m['pages_in_flight']:.1f}")
+        if "alpha" in m:
+            parts.append(f"alpha {m['alpha']:.2f}")
+        if "planned_peak_mb" in m:
+            parts.append(f"planned peak {m['planned_peak_mb']:.1f} MiB")
+        if "bytes_moved_mb" in m:
+            parts.append(f"moved {m['bytes_moved_mb'] * max(1, status.num_workers) / 1024:.2f} GiB")
         if status.restarts:
             parts.append(f"restarts {status.restarts}")
         return "  ".join(parts)

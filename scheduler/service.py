@@ -55,6 +55,14 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         return self.master.status(self.master.cancel(request.job_id))
 
     @_guarded
+    def PlanMemory(self, request, context):
+        return self.master.plan_memory(request)
+
+    @_guarded
+    def GetMemoryPlan(self, request, context):
+        return self.master.memory_plan(request.job_id)
+
+    @_guarded
     def Register(self, request, context):
         return self.master.register(request)
 

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import torch
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,6 +21,16 @@ from seraphim.proto.rpc import TlsFiles
 from seraphim.scheduler.client import SchedulerClient
 from seraphim.scheduler.embedded import SchedulerProcess
 from seraphim.scheduler.local_cluster import LocalCluster, PSProcessSpec
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: its default (a thread per core) oversubscribes a shared 2-core machine,
+    and small FFTs and convolutions then ran 40x slower than on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -12,9 +12,13 @@ import yaml
 
 from seraphim.algorithms.gnn.graph_gen import DCSBMSpec, generate
 from seraphim.algorithms.gnn.graph_source import GraphSourceSpec
-from seraphim.algorithms.gnn.job import GNNSpec
+from seraphim.algorithms.gnn.job import GNNSpec, build_model
+from seraphim.algorithms.gnn.operators import LaplacianOp
+from seraphim.algorithms.gnn.train import InMemoryHops, Split, TrainConfig, fit
 from seraphim.proto import scheduler_pb2
 from test_scheduler import done, failed_without_restart, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def gamlp_job(name: str, **train) -> dict:
@@ -25,7 +29,7 @@ def gamlp_job(name: str, **train) -> dict:
         "train": {
             "graph": {"generate": {"kind": "dcsbm", "nodes": 4000, "avg_degree": 12, "classes": 4, "feature_dim": 16,
                                    "snr": 0.5, "homophily": 0.9, "train_fraction": 0.3}},
-            "propagation": {"hops": 3, "label_hops": 2, "label_folds": 2, "chunk_rows": 700},
+            "propagation": {"hops": 3, "label_hops": 2, "label_folds": 2, "tile_rows": 700},
             "model": {"kind": "gamlp", "options": {"hidden": 32, "out_layers": 2, "hop_layers": 1, "dropout": 0.1}},
             "training": {"epochs": 12, "batch_size": 256, "lr": 0.01, "patience": 12},
             **train,
@@ -48,9 +52,41 @@ def test_gamlp_job_propagates_on_the_ps_and_trains_on_two_workers(tmp_path, sche
     # hop features and labels (4000 x 16 x 4 levels + two label rounds) are many times the 2 x 1 MiB RAM budget
     assert results[0]["hop_bytes"] > 0.5 * sum(results[0]["ps_ram_budget_bytes"])
     assert all(b > 0 for b in results[0]["ps_lmdb_bytes"]) and all(b > 0 for b in results[0]["ps_peak_rss_bytes"])
+    assert results[0]["hop_cache_bytes"] == 4000 * 4 * 16 * 4     # every node is in the split: all rows held
     metrics = (run / "metrics" / "worker-0.csv").read_text()
     assert "hop" in metrics and "val_acc" in metrics
     assert scheduler_pb2.JobState.Name(status.state) == "SUCCEEDED"
+
+
+def test_a_worker_holding_its_split_rows_trains_exactly_as_one_process(tmp_path, scheduler_factory):
+    graph_dir = tmp_path / "graph"
+    data = generate(DCSBMSpec(nodes=1500, avg_degree=8, classes=3, feature_dim=8, snr=0.6, train_fraction=0.2,
+                              valid_fraction=0.2, test_fraction=0.3), graph_dir)
+    job = gamlp_job("cached", graph={"path": str(graph_dir)}, propagation={"hops": 2},
+                    training={"epochs": 6, "batch_size": 128, "lr": 0.01, "patience": 6})
+    job["cluster"] = {"ps": 1, "workers": 1}
+    sched = scheduler_factory("sched")
+    with sched.client() as client:
+        status = wait_for(client, client.submit(yaml.safe_dump(job), "local", str(tmp_path)).job_id, done,
+                          timeout=120)
+    run = Path(status.run_dir)
+    result = json.loads((run / "results" / "worker-0.json").read_text())
+    split_nodes = len(data.train_idx) + len(data.valid_idx) + len(data.test_idx)
+    assert split_nodes == 1050 and result["hop_cache_bytes"] == split_nodes * 3 * 8 * 4
+    assert "holds gnn_x (1050 split nodes" in (run / "logs" / "worker-0.log").read_text()
+    spec = GNNSpec.model_validate(job["train"])      # the same model, seed and batches in this process
+    graph = data.graph
+    hops = InMemoryHops(LaplacianOp(2)(graph, np.asarray(data.features)))
+    split = Split(np.asarray(data.train_idx), np.asarray(data.valid_idx), np.asarray(data.test_idx))
+    config = TrainConfig(**spec.training.model_dump(exclude={"hop_cache_mb"}))
+    alone = fit(lambda _: build_model(spec, 8, 3), hops, np.asarray(data.labels), split, 3, config)[0]
+    assert abs(result["test_acc"] - alone.test_acc) <= 2.5 / len(split.test)  # PS Adam = torch Adam to 1e-6
+
+
+def test_the_example_specs_are_valid_gnn_jobs():
+    for name in ("gamlp", "gamlp_cora", "gamlp_citeseer", "gamlp_large"):
+        spec = GNNSpec.model_validate(yaml.safe_load((REPO / "examples" / f"{name}.yaml").read_text())["train"])
+        assert spec.propagation.hops >= 1
 
 
 def test_pasca_search_runs_each_trial_as_a_job_and_reports_the_pareto_front(tmp_path, scheduler_factory):

@@ -18,8 +18,8 @@ from seraphim.algorithms.gnn.operators import (
     SumMessage, WeightedMessage,
 )
 from seraphim.algorithms.gnn.train import (
-    FoldedLabels, InMemoryHops, RLUConfig, Split, TrainConfig, fit, folded_label_input, graph_label_propagator,
-    predict,
+    CachedHops, FoldedLabels, InMemoryHops, RLUConfig, Split, TrainConfig, fit, folded_label_input,
+    graph_label_propagator, predict,
 )
 from test_gnn_propagation import dense_from_csr, dense_norm
 
@@ -271,6 +271,52 @@ def test_predict_reads_the_label_branch_input(small_task):
     zero = InMemoryHops([np.zeros((graph.num_nodes, 4), np.float32)])
     ones = InMemoryHops([np.ones((graph.num_nodes, 4), np.float32)])
     assert not np.allclose(predict(model, features, ids, zero), predict(model, features, ids, ones))
+
+
+def test_select_last_keeps_the_final_epoch_and_never_stops_early(small_task):
+    graph, x, y, split = small_task
+    features = InMemoryHops(LaplacianOp(2)(graph, x))
+    config = TrainConfig(epochs=6, batch_size=512, lr=0.05, patience=1, seed=3, select="last")
+    torch.manual_seed(0)
+    model = models.sgc(16, 4, 2)
+    result = fit(lambda _: model, features, y, split, 4, config)[0]
+    assert result.epochs_run == result.best_epoch == 6                # patience 1 did not stop it
+    np.testing.assert_allclose(result.eval_logits, predict(model, features, split.evaluated), rtol=1e-6)
+    with pytest.raises(ValueError, match="select must be one of"):
+        TrainConfig(select="best_test")
+
+
+class CountingHops:
+    """A HopSource that records which ids it was asked for (the cache must ask once per id)."""
+
+    def __init__(self, inner: InMemoryHops) -> None:
+        self.inner, self.asked = inner, []
+
+    def fetch(self, node_ids: np.ndarray) -> list[np.ndarray]:
+        self.asked.append(np.array(node_ids))
+        return self.inner.fetch(node_ids)
+
+
+def test_cached_hops_pull_their_ids_once_and_answer_any_id_like_the_source(small_task):
+    graph, x, y, split = small_task
+    levels = LaplacianOp(2)(graph, x)
+    source = CountingHops(InMemoryHops(levels))
+    kept = np.concatenate([split.valid, split.train, split.train[:9]])      # any order, repeats
+    cache = CachedHops.pull(source, kept, rows_per_fetch=100)
+    unique = len(split.train) + len(split.valid)
+    assert cache.nbytes == unique * 3 * 16 * 4
+    assert len(source.asked) == -(-unique // 100)
+    np.testing.assert_array_equal(np.concatenate(source.asked), np.union1d(split.train, split.valid))
+    source.asked.clear()
+    batch = np.random.default_rng(0).choice(split.train, 100)
+    for got, want in zip(cache.fetch(batch), levels):
+        np.testing.assert_array_equal(got, want[batch])
+    assert source.asked == []                                                 # answered from RAM
+    mixed = np.concatenate([split.test[:7], split.valid[:5], [graph.num_nodes - 1]])
+    for got, want in zip(cache.fetch(mixed), levels):
+        np.testing.assert_array_equal(got, want[mixed])
+    misses = mixed[~np.isin(mixed, kept)]
+    np.testing.assert_array_equal(np.concatenate(source.asked), misses)       # only the misses went to the source
 
 
 def test_split_and_sources_reject_bad_inputs():

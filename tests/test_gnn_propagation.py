@@ -12,6 +12,7 @@ from seraphim.algorithms.gnn.propagation import (
     heat_kernel, hops, label_hops, label_seed, needed_sources, normalization, partition_block, ppr, propagate,
     propagate_block, propagate_rows, s2gc,
 )
+from seraphim.algorithms.gnn.source_tiles import source_tiles
 
 
 def csr_from_dense(adj: np.ndarray) -> CSRGraph:
@@ -131,6 +132,37 @@ def test_partitions_reassemble_two_hops(small):
     for _ in range(2):
         current = np.concatenate([propagate_block(b, current[b.sources]) for b in blocks])
     np.testing.assert_allclose(current, hops(graph, x, 2, 1.0)[2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lo,hi,tile_rows", [(0, 40, 7), (13, 29, 1), (13, 29, 64), (37, 40, 16), (15, 15, 8)])
+def test_source_tiles_stream_the_previous_level_and_rebuild_the_rows_exactly(small, lo, hi, tile_rows):
+    adj, graph, x = small
+    tiles = source_tiles(graph, lo, hi, tile_rows, r=0.5)
+    acc = tiles.accumulator(x.shape[1])
+    read = []
+    for t in tiles.nonempty():
+        sources = tiles.sources(t)
+        assert np.all((sources >= t * tile_rows) & (sources < (t + 1) * tile_rows))
+        read.append(sources)
+        tiles.add(t, x[sources], acc)
+    listed = {int(j) for j in np.nonzero(adj[lo:hi])[1]} | set(range(lo, hi))     # the +I reads the own rows
+    assert sorted(np.concatenate(read).tolist() if read else []) == sorted(listed)    # each source read once
+    np.testing.assert_allclose(tiles.finish(acc), propagate(graph, x, 0.5)[lo:hi], rtol=1e-5, atol=1e-6)
+
+
+def test_source_tiles_count_repeated_edges_and_reject_bad_rows():
+    adj = np.array([[0, 2, 0], [2, 0, 1], [0, 1, 1]])            # a repeated edge and a self-loop in row 2
+    graph = csr_from_dense(adj)
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    tiles = source_tiles(graph, 0, 3, 2, r=1.0)
+    acc = tiles.accumulator(2)
+    for t in tiles.nonempty():
+        tiles.add(t, x[tiles.sources(t)], acc)
+    np.testing.assert_allclose(tiles.finish(acc), dense_norm(adj, 1.0) @ x, rtol=1e-6)
+    with pytest.raises(GraphError, match="tile 0 needs float32 rows of shape"):
+        tiles.add(0, np.zeros((5, 2), np.float32), acc)
+    with pytest.raises(GraphError, match="partition range"):
+        source_tiles(graph, 2, 4, 2)
 
 
 def test_partition_errors(small):

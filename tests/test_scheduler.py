@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,7 +108,8 @@ def test_run_leaves_metrics_plot_checkpoints_and_logs(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("name: x\nalgorithm: ctr\ncluster: {ps: 0}\n", "cluster.ps: Input should be greater than or equal to 1 (got 0)"),
-    ("name: x\nalgorithm: nope\n", "algorithm: unknown algorithm 'nope'; known: ['ctr', 'gnn.gamlp', 'gnn.pasca', 'vfl.blindfl']"),
+    ("name: x\nalgorithm: nope\n", "algorithm: unknown algorithm 'nope'; known: ['beamvq', 'ctr', 'dit', 'gnn.gamlp', 'gnn.pasca', "
+                                   "'lm.transformer', 'lr_scaling.sweep', 'lr_scaling.trial', 'vfl.blindfl']"),
     ("name: x\n", "algorithm: Field required"),
     ("name: Bad_Name\nalgorithm: ctr\n", "name: String should match pattern"),
     ("name: x\nalgorithm: ctr\ntrain: {model: svm}\n", "train.model: Input should be 'lr' or 'wide_deep' (got 'svm')"),
@@ -240,6 +242,27 @@ def test_a_restarted_scheduler_knows_its_jobs_and_running_jobs_carry_on(tmp_path
     assert all(j in listed for j in (first.job_id, second.job_id, third.job_id))
 
 
+def test_a_restarted_scheduler_fails_a_running_job_whose_run_directory_is_gone(tmp_path, scheduler_factory):
+    sched = scheduler_factory("sched")
+    with sched.client() as client:
+        job = client.submit(yaml.safe_dump(tiny_job("orphan", steps=100_000, workers=1, ps=1)), "local",
+                            str(tmp_path))
+        wait_for(client, job.job_id, lambda s: s.step >= 5)
+    pids = sched.job_pids()
+    sched.kill()
+    shutil.rmtree(job.run_dir)
+    again = scheduler_factory("sched", port=sched.port)
+    with again.client() as client:
+        status = client.job(job.job_id)
+    assert STATE(status.state) == "FAILED" and "run directory" in status.reason and "removed" in status.reason
+    from seraphim.scheduler.launchers import process_alive
+
+    deadline = time.monotonic() + 30
+    while any(process_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(pids) == 2 and not any(process_alive(pid) for pid in pids)
+
+
 def test_ctrl_c_on_run_cancels_the_job_and_stops_every_process(tmp_path):
     job = write_job(tmp_path, tiny_job("interrupted", steps=100_000))
     proc = subprocess.Popen([sys.executable, "-m", "seraphim.scheduler.cli", "run", str(job), "--runs-dir",
@@ -252,24 +275,35 @@ def test_ctrl_c_on_run_cancels_the_job_and_stops_every_process(tmp_path):
         while not (metrics.exists() and any(metrics.iterdir())):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        import sqlite3
-
-        with sqlite3.connect(db) as conn:
-            pids = [pid for (pid,) in conn.execute("SELECT pid FROM nodes")]
+        pids = _node_pids(db)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=150)
         assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
         from seraphim.scheduler.launchers import process_alive
 
         assert len(pids) == 4 and not any(process_alive(p) for p in pids)
-    finally:
+    finally:  # a failure above must not leave the run, its scheduler or the job's processes behind
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in pids:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        for pid in pids or _node_pids(db):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _node_pids(db: Path) -> list[int]:
+    """The pids of a job's processes, from the scheduler's store (none when it was never written)."""
+    import sqlite3
+
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        return [pid for (pid,) in conn.execute("SELECT pid FROM nodes")]
 
 
 def test_logs_follow_streams_until_the_job_ends(tmp_path, scheduler_factory):

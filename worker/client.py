@@ -24,8 +24,8 @@ import numpy as np
 from numba import njit
 
 from seraphim.proto import ps_pb2, ps_pb2_grpc
-from seraphim.proto.codec import WIRE_DTYPES, decode_array, decode_pull_reply, encode_array, encode_push_request
-from seraphim.proto.errors import DataLoss, InvalidArgument, from_rpc_error
+from seraphim.proto.codec import WIRE_DTYPES, decode_array, decode_versioned_pull_reply, encode_array, encode_push_request
+from seraphim.proto.errors import DataLoss, DeadlineExceeded, InvalidArgument, from_rpc_error
 from seraphim.proto.partition import dense_block
 from seraphim.proto.rpc import CHUNK_BYTES, MAX_MESSAGE_BYTES, TlsFiles, join_chunks, make_channel, split_message, token_metadata
 from seraphim.worker.psf_merge import merge_partials
@@ -261,11 +261,15 @@ class PSClient:
 
     def dense_table(self, name: str, shape: tuple[int, int], dtype: str = "float32", init: Initializer = Zeros(),
                     optimizer: Optimizer | None = None, lr_scales: Sequence[tuple[int, int, float]] = (),
-                    seed: int = 0) -> "DenseTable":
-        """Create (or attach to) a dense [rows, cols] table, range-partitioned over the shards in row blocks."""
+                    seed: int = 0, sum_workers: int = 0) -> "DenseTable":
+        """Create (or attach to) a dense [rows, cols] table, range-partitioned over the shards in row blocks.
+
+        sum_workers > 0 makes it versioned: gradient pushes name a version, and the PS sums one version's
+        gradients from that many workers before it applies the optimizer once (ps/versions.py)."""
         if len(shape) != 2:
             raise InvalidArgument(f"dense table {name!r}: shape must be (rows, cols), got {shape}")
         spec = _spec(name, ps_pb2.DENSE, dtype, shape[0], shape[1], init, optimizer, lr_scales, seed)
+        spec.sum_workers = sum_workers
         table = DenseTable(self, spec, created=all(info.created for info in self._create(spec)))
         self._tables[name] = table
         return table
@@ -328,6 +332,24 @@ class PSClient:
 
     def health(self) -> list[ps_pb2.HealthReply]:
         return self._all("Health", lambda s: ps_pb2.HealthRequest(), ps_pb2.HealthReply)
+
+    # -- a table's initial values, written once by worker 0 and awaited by the others ---------------------------
+    def initialized(self, table: str) -> bool:
+        """Whether `table`'s initial values were published: its marker table exists on every shard."""
+        return all(f"{table}.ready" in h.tables for h in self.health())
+
+    def publish_initialized(self, table: str) -> None:
+        """Say that `table` holds its initial values (after writing them); a restarted writer finds the marker."""
+        self.sparse_table(f"{table}.ready", dim=1)
+
+    def wait_initialized(self, table: str, timeout_s: float) -> None:
+        """Block until worker 0 has published `table`'s initial values, so every worker starts from the same ones."""
+        deadline = time.monotonic() + timeout_s
+        while not self.initialized(table):
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded(f"worker {self.worker_id} waited {timeout_s:.0f}s for worker 0 to write the "
+                                       f"initial values of {table!r} to the PS")
+            time.sleep(0.05)
 
     def close(self) -> None:
         try:
@@ -396,16 +418,27 @@ class Table(ABC):
         grouped, bounds, row_of = _plan(flat.view(np.uint64), self.client.num_shards, self._starts())
         return keys, grouped.view(np.int64), bounds, row_of
 
-    def pull(self, keys: np.ndarray | Sequence[int], create: bool = True) -> np.ndarray:
+    def pull(self, keys: np.ndarray | Sequence[int], create: bool = True, min_version: int = 0,
+             wait_s: float | None = None) -> np.ndarray:
         """Rows of keys (any shape, repeats allowed) -> [*keys.shape, dim]; float tables come back as float32.
 
-        create=False (evaluation) reads sparse keys never touched as zero rows without creating them.
+        create=False (evaluation) reads sparse keys never touched as zero rows without creating them. A versioned
+        table answers once every row holds at least min_version (waiting up to wait_s; default: the client's
+        clock timeout).
         """
+        return self.pull_versioned(keys, create, min_version, wait_s)[0]
+
+    def pull_versioned(self, keys: np.ndarray | Sequence[int], create: bool = True, min_version: int = 0,
+                       wait_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Like pull, and each key's version [*keys.shape] (the optimizer steps its row holds; versioned tables)."""
         keys, grouped, bounds, row_of = self._split(keys)
         out = np.empty((len(row_of), self.dim), dtype=self._rows_dtype)
-        self.client._fan_out([partial(self._pull_shard, s, grouped, bounds, row_of, out, not create)
+        versions = np.zeros(len(row_of), dtype=np.int64)
+        wait_s = self.client.clock_timeout_s if wait_s is None else wait_s
+        self.client._fan_out([partial(self._pull_shard, s, grouped, bounds, row_of, out, versions, not create,
+                                      min_version, wait_s)
                               for s in range(self.client.num_shards) if bounds[s + 1] > bounds[s]])
-        return out.reshape(*keys.shape, self.dim)
+        return out.reshape(*keys.shape, self.dim), versions.reshape(keys.shape)
 
     def pull_async(self, keys: np.ndarray | Sequence[int], create: bool = True) -> Future:
         """Like pull, but returns at once a Future of the rows: prefetch the next batch while this one computes.
@@ -416,38 +449,44 @@ class Table(ABC):
         return self.client._submit(lambda: self.pull(keys, create), push=False)
 
     def _pull_shard(self, shard: int, grouped: np.ndarray, bounds: np.ndarray, row_of: np.ndarray, out: np.ndarray,
-                    read_only: bool) -> None:
-        """Pull one shard's unique keys and write its rows into `out` wherever their keys appear."""
+                    versions: np.ndarray, read_only: bool, min_version: int, wait_s: float) -> None:
+        """Pull one shard's unique keys and write its rows (and versions) wherever their keys appear."""
         lo, hi = int(bounds[shard]), int(bounds[shard + 1])
         request = ps_pb2.PullRequest(table=self.name, keys=grouped[lo:hi].tobytes(), worker=self.client.worker_id,
-                                     read_only=read_only)
+                                     read_only=read_only, min_version=min_version, wait_s=wait_s if min_version else 0)
         reply = self.client._invoke(shard, "Pull", request, None,
-                                    reply_bytes=(hi - lo) * self.dim * _ITEMSIZE[self.dtype])
-        values = decode_pull_reply(reply)
-        if values.shape != (hi - lo, self.dim):
-            raise DataLoss(f"{self.client._shards[shard].where} answered rows of shape {list(values.shape)} for "
-                           f"{hi - lo} keys of table {self.name!r} (dim {self.dim})")
+                                    reply_bytes=(hi - lo) * self.dim * _ITEMSIZE[self.dtype],
+                                    timeout_s=wait_s + self.client.timeout_s if min_version else None)
+        values, shard_versions = decode_versioned_pull_reply(reply)
+        if values.shape != (hi - lo, self.dim) or len(shard_versions) not in (0, hi - lo):
+            raise DataLoss(f"{self.client._shards[shard].where} answered rows of shape {list(values.shape)} and "
+                           f"{len(shard_versions)} versions for {hi - lo} keys of table {self.name!r} (dim {self.dim})")
         if self.dtype == "bfloat16":
             values = (values.astype(np.uint32) << 16).view(np.float32)
         elif self.dtype == "float16":
             values = values.astype(np.float32)
         _expand(out, values, row_of, lo, hi)
+        if len(shard_versions):
+            _expand(versions[:, None], shard_versions[:, None], row_of, lo, hi)
 
-    def push(self, keys: np.ndarray | Sequence[int], values: np.ndarray, mode: str = "gradient") -> None:
+    def push(self, keys: np.ndarray | Sequence[int], values: np.ndarray, mode: str = "gradient", version: int = 0,
+             lr_scale: float = 1.0) -> None:
         """Send gradients (or values, with mode 'assign' or 'add'); repeated keys are summed first (assign: the
-        first occurrence wins)."""
-        self._send(self._push_requests(keys, values, mode))
+        first occurrence wins). Gradients of a versioned table name the `version` they were computed at;
+        `lr_scale` multiplies the learning rate of this update (a schedule)."""
+        self._send(self._push_requests(keys, values, mode, version, lr_scale))
 
-    def push_async(self, keys: np.ndarray | Sequence[int], values: np.ndarray, mode: str = "gradient") -> Future:
+    def push_async(self, keys: np.ndarray | Sequence[int], values: np.ndarray, mode: str = "gradient",
+                   version: int = 0, lr_scale: float = 1.0) -> Future:
         """Like push, but returns at once; at most max_in_flight requests run, and clock() waits for the pushes.
 
         Keys and values are merged before it returns, so the caller may reuse their buffers at once.
         """
-        requests = self._push_requests(keys, values, mode)
+        requests = self._push_requests(keys, values, mode, version, lr_scale)
         return self.client._submit(lambda: self._send(requests))
 
-    def _push_requests(self, keys: np.ndarray | Sequence[int], values: np.ndarray,
-                       mode: str) -> list[tuple[int, bytes]]:
+    def _push_requests(self, keys: np.ndarray | Sequence[int], values: np.ndarray, mode: str, version: int = 0,
+                       lr_scale: float = 1.0) -> list[tuple[int, bytes]]:
         """(shard, PushRequest wire bytes) per shard that holds some of the keys, duplicates merged."""
         if mode not in _PUSH_MODES:
             raise InvalidArgument(f"push mode {mode!r} is not one of {list(_PUSH_MODES)}")
@@ -459,8 +498,11 @@ class Table(ABC):
         _, grouped, bounds, row_of = self._split(keys)
         merged = np.zeros((len(grouped), self.dim), dtype=self._rows_dtype)
         (_first_rows if mode == "assign" else _segment_add)(merged, values.reshape(len(keys), self.dim), row_of)
+        if not (lr_scale > 0 and np.isfinite(lr_scale)):
+            raise InvalidArgument(f"push to {self.name!r}: lr_scale must be a finite number > 0, got {lr_scale}")
         return [(s, encode_push_request(self.name, grouped[lo:hi], merged[lo:hi], _PUSH_MODES[mode],
-                                        self.client.worker_id, self._wire))
+                                        self.client.worker_id, self._wire, version,
+                                        0.0 if lr_scale == 1.0 else lr_scale))
                 for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if hi > lo]
 
     def _send(self, requests: list[tuple[int, bytes]]) -> None:

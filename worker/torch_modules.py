@@ -7,13 +7,12 @@ step is one pull and one push whatever the number of tensors.
 
 from __future__ import annotations
 
-import time
 from typing import Iterable
 
 import numpy as np
 import torch
 
-from seraphim.proto.errors import DeadlineExceeded, InvalidArgument
+from seraphim.proto.errors import InvalidArgument
 from seraphim.worker.client import DenseTable, PSClient, Table
 from seraphim.worker.specs import Optimizer, Zeros
 
@@ -72,26 +71,13 @@ class PSParameters:
         self.numel = sum(p.numel() for _, p in self.params)
         self.cols = min(cols, self.numel)
         self.rows = -(-self.numel // self.cols)
-        marker = f"{name}.ready"
+        if client.worker_id != 0:
+            client.wait_initialized(name, ready_timeout_s)
+        self.table: DenseTable = client.dense_table(name, (self.rows, self.cols), init=Zeros(), optimizer=optimizer)
         if client.worker_id == 0:
-            self.table: DenseTable = client.dense_table(name, (self.rows, self.cols), init=Zeros(), optimizer=optimizer)
-            if self.table.created or not self._ready(marker):
+            if self.table.created or not client.initialized(name):
                 self.table.push_all(self._padded(self._flat(p.detach() for _, p in self.params)), mode="assign")
-            client.sparse_table(marker, dim=1)
-        else:
-            self._wait_for(marker, ready_timeout_s)
-            self.table = client.dense_table(name, (self.rows, self.cols), init=Zeros(), optimizer=optimizer)
-
-    def _ready(self, marker: str) -> bool:
-        return all(marker in h.tables for h in self.client.health())
-
-    def _wait_for(self, marker: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self._ready(marker):
-            if time.monotonic() > deadline:
-                raise DeadlineExceeded(f"worker {self.client.worker_id} waited {timeout_s:.0f}s for worker 0 to put "
-                                       f"the initial values of {self.name!r} on the PS")
-            time.sleep(0.05)
+            client.publish_initialized(name)
 
     @staticmethod
     def _flat(tensors: Iterable[torch.Tensor]) -> np.ndarray:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
@@ -57,6 +58,8 @@ class FeatureSignal(BaseModel):
     snr: float = Field(1.0, ge=0, description="norm of the class means against N(0, I) noise per node")
     train_fraction: float = Field(0.1, gt=0, lt=1)
     valid_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float | None = Field(None, gt=0, lt=1, description="None: every node outside train and valid; "
+                                        "a fraction leaves the rest unlabelled for the split, as papers100M's 1.4%")
     seed: int = Field(0, ge=0)
     chunk_edges: int = Field(1 << 22, ge=1, description="edges generated per chunk (bounds memory, not the graph)")
 
@@ -65,6 +68,9 @@ class FeatureSignal(BaseModel):
         if self.train_fraction + self.valid_fraction >= 1:
             raise ValueError(f"train_fraction + valid_fraction must be < 1 to leave test nodes, got "
                              f"{self.train_fraction} + {self.valid_fraction}")
+        if self.test_fraction is not None and self.train_fraction + self.valid_fraction + self.test_fraction > 1:
+            raise ValueError(f"train_fraction + valid_fraction + test_fraction must be <= 1, got "
+                             f"{self.train_fraction} + {self.valid_fraction} + {self.test_fraction}")
         return self
 
 
@@ -122,7 +128,7 @@ def _edge_chunks(seed: int, total: int, chunk: int, draws: int,
 
 
 # ------------------------------------------------------------------------------------------ DC-SBM
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _alias_tables(weights, starts):  # pragma: no cover - compiled
     """Vose alias tables per segment [starts[b], starts[b+1]) of ``weights``: keep position i with probability
     prob[i], else jump to alias[i] (an absolute position)."""
@@ -159,7 +165,7 @@ def _alias_tables(weights, starts):  # pragma: no cover - compiled
     return prob, alias
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _block_of(cum_mass, x):  # pragma: no cover - compiled
     """The block b with cum_mass[b] <= x < cum_mass[b+1] (binary search over the few blocks)."""
     lo, hi = 0, len(cum_mass) - 2
@@ -172,7 +178,7 @@ def _block_of(cum_mass, x):  # pragma: no cover - compiled
     return lo
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pick(table, starts, block, t):  # pragma: no cover - compiled
     """A node of ``block`` ∝ θ from one uniform t: its slot, then keep it or take its alias (one table row)."""
     size = starts[block + 1] - starts[block]
@@ -182,7 +188,7 @@ def _pick(table, starts, block, t):  # pragma: no cover - compiled
     return table[row, 1] if int((x - i) * _ONE) < table[row, 0] else table[row, 2]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sbm_edges(u, cum_mass, homophily, starts, table, src, dst):  # pragma: no cover - compiled
     """Edge e from uniforms u[:, e]: source block ∝ mass and node ∝ θ inside it (one draw), destination block
     (own with probability homophily, else another ∝ mass), destination node ∝ θ inside it."""
@@ -232,7 +238,7 @@ def _community_bits(classes: int) -> int:
     return max(1, math.ceil(math.log2(classes)))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _rmat_edges(u, a, ab, abc, bits, homophily, src, dst):  # pragma: no cover - compiled
     """Edge e from uniforms u[:, e]: with probability homophily (coin u[-1, e]) both endpoints share the top
     ``bits`` bits, a uniform community; every other level picks a quadrant from u[level, e]: a = top-left,
@@ -346,21 +352,29 @@ def _feature_signal(spec: DCSBMSpec | RMATSpec, labels: np.ndarray) -> Callable[
 def _split(n: int, spec: FeatureSignal) -> dict[str, np.ndarray]:
     perm = _rng(spec.seed, _SPLIT).permutation(n).astype(np.int64)
     a, b = int(n * spec.train_fraction), int(n * (spec.train_fraction + spec.valid_fraction))
-    return {"train": perm[:max(a, 1)], "valid": perm[max(a, 1):max(b, 2)], "test": perm[max(b, 2):]}
+    c = n if spec.test_fraction is None else max(int(n * (spec.train_fraction + spec.valid_fraction
+                                                          + spec.test_fraction)), max(b, 2) + 1)
+    return {"train": perm[:max(a, 1)], "valid": perm[max(a, 1):max(b, 2)], "test": perm[max(b, 2):c]}
 
 
 def generate(spec: DCSBMSpec | RMATSpec, out_dir: str | Path) -> GraphData:
     """Write the CSR graph directory (see graph_io) for ``spec`` into ``out_dir``, replacing what was there, and
-    open it. Memory: one chunk of ``chunk_edges`` edges plus O(n)."""
+    open it. Memory: one chunk of ``chunk_edges`` edges plus O(n). ``meta.json`` records the seconds of each phase
+    (``edges_s``: drawing the edges and spilling them; ``csr_s``: building the CSR from them; ``features_s``)."""
     out_dir = begin_graph_dir(out_dir)
     shutil.rmtree(out_dir / "split", ignore_errors=True)
+    timings: dict[str, float] = {}
     if isinstance(spec, DCSBMSpec):
         labels, theta = _dcsbm_nodes(spec)
-        build_csr(_dcsbm_edges(spec, labels, theta), spec.nodes, out_dir)
+        build_csr(_dcsbm_edges(spec, labels, theta), spec.nodes, out_dir, timings=timings)
         del theta
     else:
-        graph = build_csr(_rmat_chunks(spec), 1 << spec.scale, out_dir)
+        graph = build_csr(_rmat_chunks(spec), 1 << spec.scale, out_dir, timings=timings)
+        start = time.perf_counter()
         labels = _rmat_labels(spec, graph, out_dir)
+        timings["labels_s"] = time.perf_counter() - start
+    start = time.perf_counter()
     _write_features(out_dir, spec, len(labels), _feature_signal(spec, labels))
+    timings["features_s"] = time.perf_counter() - start
     return write_node_data(out_dir, labels, spec.classes, _split(len(labels), spec),
-                           {"source": {"generate": spec.model_dump()}})
+                           {"source": {"generate": spec.model_dump()}, "timings": timings})

@@ -19,7 +19,8 @@ import gzip
 import io
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -38,7 +39,8 @@ _TEXT_BLOCK = 1 << 24  # bytes of CSV text parsed at once
 @dataclass(frozen=True)
 class GraphData:
     """A graph with node features, labels (-1 = unlabeled) and a disjoint train/valid/test split; the arrays are
-    memory maps when loaded from disk."""
+    memory maps when loaded from disk, and ``meta`` is the directory's ``meta.json`` (with ``timings``: the seconds
+    each phase of generating or converting it took)."""
 
     graph: CSRGraph
     features: np.ndarray
@@ -47,6 +49,7 @@ class GraphData:
     train_idx: np.ndarray
     valid_idx: np.ndarray
     test_idx: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def iter_chunks(total: int, chunk: int) -> Iterator[tuple[int, int]]:
@@ -56,7 +59,7 @@ def iter_chunks(total: int, chunk: int) -> Iterator[tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------------------------ out-of-core CSR
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _count(src, dst, symmetrize, counts):  # pragma: no cover - compiled
     for e in range(len(src)):
         counts[dst[e]] += 1
@@ -64,7 +67,7 @@ def _count(src, dst, symmetrize, counts):  # pragma: no cover - compiled
             counts[src[e]] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _place(src, dst, symmetrize, cursor, indices):  # pragma: no cover - compiled
     for e in range(len(src)):
         s, d = src[e], dst[e]
@@ -75,7 +78,7 @@ def _place(src, dst, symmetrize, cursor, indices):  # pragma: no cover - compile
             cursor[s] += 1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _sort_dedupe_rows(indptr, indices, distinct):  # pragma: no cover - compiled
     """Sort each row in place and move its distinct entries to the row's front; distinct[i] = their count."""
     for i in prange(len(indptr) - 1):
@@ -90,7 +93,7 @@ def _sort_dedupe_rows(indptr, indices, distinct):  # pragma: no cover - compiled
         distinct[i] = w - lo
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _compact(indptr, indices, new_indptr, out):  # pragma: no cover - compiled
     for i in prange(len(indptr) - 1):
         lo = new_indptr[i]
@@ -106,19 +109,21 @@ def _check_ids(ids: np.ndarray, num_nodes: int, where: str) -> None:
 
 
 def build_csr(edge_chunks: Iterable[tuple[np.ndarray, np.ndarray]], num_nodes: int, out_dir: str | Path,
-              symmetrize: bool = True) -> CSRGraph:
+              symmetrize: bool = True, timings: dict[str, float] | None = None) -> CSRGraph:
     """Write ``indptr.npy``/``indices.npy`` from chunks of (src, dst) edges with memory bounded by a chunk plus
     ``O(n)``: chunks are spilled to a scratch file while degrees are counted, then placed through a memory map,
     and every row sorted and merged (compiled).
 
     An edge ``(src, dst)`` puts ``src`` in row ``dst`` (``dst`` aggregates from ``src``); with ``symmetrize`` also
-    ``dst`` in row ``src``. Self-loops are dropped and repeats merged (see the module docstring).
+    ``dst`` in row ``src``. Self-loops are dropped and repeats merged (see the module docstring). ``timings`` gets
+    ``edges_s`` (drawing or reading the chunks, and spilling them) and ``csr_s`` (placing, sorting, merging).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scratch = out_dir / "edges.scratch"
     counts = np.zeros(num_nodes, np.int64)
     total = 0
+    start = time.perf_counter()
     try:
         with open(scratch, "wb") as f:
             for k, (src, dst) in enumerate(edge_chunks):
@@ -133,6 +138,7 @@ def build_csr(edge_chunks: Iterable[tuple[np.ndarray, np.ndarray]], num_nodes: i
                 _count(pairs[:, 0], pairs[:, 1], symmetrize, counts)
                 pairs.tofile(f)
                 total += len(pairs)
+        spilled_at = time.perf_counter()
         indptr = np.zeros(num_nodes + 1, np.int64)
         np.cumsum(counts, out=indptr[1:])
         del counts
@@ -157,6 +163,8 @@ def build_csr(edge_chunks: Iterable[tuple[np.ndarray, np.ndarray]], num_nodes: i
     del placed, indices
     os.unlink(out_dir / "indices.tmp.npy")
     np.save(out_dir / "indptr.npy", new_indptr)
+    if timings is not None:
+        timings.update(edges_s=spilled_at - start, csr_s=time.perf_counter() - spilled_at)
     return CSRGraph(new_indptr, np.load(out_dir / "indices.npy", mmap_mode="r"))
 
 
@@ -213,10 +221,10 @@ def write_node_data(out_dir: str | Path, labels: np.ndarray, num_classes: int, s
                        "split": "int64"},
             **(extra_meta or {})}
     atomic_write(out_dir / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
-    return data
+    return _open_arrays(out_dir, num_classes, meta)
 
 
-def _open_arrays(path: Path, num_classes: int) -> GraphData:
+def _open_arrays(path: Path, num_classes: int, meta: dict[str, Any] | None = None) -> GraphData:
     def arr(name: str) -> np.ndarray:
         if not (path / name).exists():
             raise GraphError(f"{path} is missing {name}")
@@ -224,7 +232,7 @@ def _open_arrays(path: Path, num_classes: int) -> GraphData:
 
     graph = CSRGraph(arr("indptr.npy"), arr("indices.npy"))
     return GraphData(graph, arr("features.npy"), arr("labels.npy"), num_classes,
-                     *(arr(f"split/{s}.npy") for s in SPLITS))
+                     *(arr(f"split/{s}.npy") for s in SPLITS), meta=meta or {})
 
 
 def load_graph(path: str | Path) -> GraphData:
@@ -238,7 +246,7 @@ def load_graph(path: str | Path) -> GraphData:
     meta = json.loads(meta_file.read_text())
     if meta.get("format") != FORMAT:
         raise GraphError(f"{meta_file}: format {meta.get('format')!r} is not {FORMAT}")
-    data = _open_arrays(path, int(meta["num_classes"]))
+    data = _open_arrays(path, int(meta["num_classes"]), meta)
     found = {"num_nodes": data.graph.num_nodes, "num_edges": data.graph.num_edges,
              "feature_dim": data.features.shape[1] if data.features.ndim == 2 else None}
     for key, value in found.items():
@@ -527,13 +535,16 @@ def convert_ogb(src: str | Path, out_dir: str | Path, symmetrize: bool = True) -
     if not src.is_dir():
         raise GraphError(f"{src} is not a directory of OGB-style arrays")
     begin_graph_dir(out_dir)
+    start = time.perf_counter()
     features_path = _find(src, _STEMS["features"])
     n = _convert_features(features_path, out_dir)
     labels, num_classes = _convert_labels(_find(src, _STEMS["labels"]), n, features_path)
-    build_csr(_edge_chunks(_find(src, _STEMS["edges"]), n), n, out_dir, symmetrize)
+    timings = {"features_s": time.perf_counter() - start}
+    build_csr(_edge_chunks(_find(src, _STEMS["edges"]), n), n, out_dir, symmetrize, timings)
     split_dir = _split_dir(src)
     split = {s: _read_column(_find(split_dir, (s,)), np.int64, f"split {s}") for s in SPLITS}
     for name, ids in split.items():
         if ids.dtype.kind not in "iu":
             raise GraphError(f"split {name} must hold integer node ids, got {ids.dtype}")
-    return write_node_data(out_dir, labels, num_classes, split, {"source": {"ogb": str(src.resolve())}})
+    return write_node_data(out_dir, labels, num_classes, split,
+                           {"source": {"ogb": str(src.resolve())}, "timings": timings})

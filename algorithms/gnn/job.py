@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -18,10 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from seraphim.algorithms.gnn import models
 from seraphim.algorithms.gnn.csr import GraphError
+from seraphim.algorithms.gnn.graph_io import iter_chunks
 from seraphim.algorithms.gnn.graph_source import GraphData, GraphSourceSpec, open_graph, worker_ranges
-from seraphim.algorithms.gnn.hop_tables import HopTables
-from seraphim.algorithms.gnn.ps_propagation import propagate_partition
-from seraphim.algorithms.gnn.train import HopSource, RLUConfig, Share, Split, TrainConfig, fit
+from seraphim.algorithms.gnn.hop_tables import WRITE_ROWS, HopTables
+from seraphim.algorithms.gnn.ps_propagation import HopTiming, propagate_partition
+from seraphim.algorithms.gnn.source_tiles import SourceTiles, source_tiles
+from seraphim.algorithms.gnn.train import CachedHops, HopSource, RLUConfig, Share, Split, TrainConfig, fit
 from seraphim.algorithms.registry import Job, JobContext, register
 from seraphim.proto.resources import peak_rss_bytes
 from seraphim.worker.client import PSClient
@@ -47,7 +51,9 @@ class PropagationSpec(BaseModel):
     label_folds: int = Field(1, ge=1, description="1: one label propagation per stage, as GAMLP publishes it (a "
                              "training node's own label returns to its input through Â^K); F > 1: F propagations, "
                              "each seed reads only the other folds' labels")
-    chunk_rows: int = Field(65536, ge=1, description="rows per gathered block: bounds a worker's memory")
+    tile_rows: int = Field(1 << 19, ge=1, lt=2**31, description="sources per tile (ps_propagation): a worker pulls at "
+                           "most this many rows of the previous hop at once, so with its accumulator they bound its "
+                           "memory")
 
     @model_validator(mode="after")
     def _hops(self) -> "PropagationSpec":
@@ -71,6 +77,12 @@ class TrainingSpec(BaseModel):
     patience: int = Field(20, ge=1)
     eval_every: int = Field(1, ge=1)
     seed: int = 0
+    select: Literal["best_valid", "last"] = Field(
+        "best_valid", description="best_valid: early stopping, the best validation epoch's weights (GAMLP, SIGN); "
+                                  "last: every epoch, the final weights (SGC's protocol)")
+    hop_cache_mb: float = Field(1024.0, ge=0, description="a worker keeps the hop rows of the split's nodes (train, "
+                                "valid, test) in RAM, copied as each level is computed, when they fit in this many "
+                                "MiB; otherwise (and with 0) every batch and evaluation reads them from the PS")
 
 
 class RLUSpec(BaseModel):
@@ -104,6 +116,11 @@ class PSHops:
     def __init__(self, tables: HopTables, levels: range) -> None:
         self.tables, self.levels = tables, levels
 
+    @property
+    def row_bytes(self) -> int:
+        """float32 bytes of one node's rows over the levels read."""
+        return len(self.levels) * self.tables.dim * 4
+
     def fetch(self, node_ids: np.ndarray) -> list[np.ndarray]:
         return self.tables.read_levels(np.asarray(node_ids, dtype=np.int64), self.levels)
 
@@ -114,39 +131,79 @@ class _Run:
     def __init__(self, spec: GNNSpec, ctx: JobContext, data: GraphData) -> None:
         self.spec, self.ctx, self.data = spec, ctx, data
         self.ps: PSClient = ctx.ps
+        start = time.perf_counter()
         self.lo, self.hi = worker_ranges(spec.graph, ctx.run_dir / "graph", data, ctx.world_size)[ctx.rank]
+        self.tiles: SourceTiles = source_tiles(data.graph, self.lo, self.hi, spec.propagation.tile_rows,
+                                               spec.propagation.r)
+        self.partition_s = time.perf_counter() - start
         self.step = ctx.start_step
         self.hops_total = spec.propagation.hops + spec.propagation.label_hops
         self.propagation_s = 0.0
+        self.hop_timings: dict[str, list[dict[str, float]]] = {}
+        self.eval_times: list[float] = []
         self.label_round = 0
         self.hop_bytes = 0
+        self.split_ids = np.unique(np.concatenate([np.asarray(data.train_idx), np.asarray(data.valid_idx),
+                                                   np.asarray(data.test_idx)]))
+        self.cache_budget = int(spec.training.hop_cache_mb * 2**20)
+        self.feature_cache_bytes = 0
 
     def barrier(self) -> None:
         self.ps.clock()
         self.step += 1
 
-    def _propagate(self, tables: HopTables, seed_rows: np.ndarray, hop_offset: int) -> None:
-        """Store this range's seed as level 0, then every hop; each is one clock step."""
+    def _propagate(self, tables: HopTables, seed_rows: np.ndarray, hop_offset: int, read: range) -> HopSource:
+        """Store this range's seed as level 0, then every hop, each one clock step; returns the training source over
+        the levels ``read``: the split's rows of each, copied into RAM as soon as the level is complete on every
+        worker (while its pages are fresh on the PS) when they fit what is left of ``training.hop_cache_mb``, else
+        the PS tables themselves."""
         p = self.spec.propagation
         start = time.perf_counter()
         self.hop_bytes += tables.nbytes
-        tables.write(0, self.lo, seed_rows)
+        source = PSHops(tables, read)
+        keep = self._cache_plan(source)
+        tables.write(0, self.lo, seed_rows)        # a memory map of the features: read piece by piece
         self.barrier()
+        timings = self.hop_timings.setdefault(tables.name, [])
 
-        def done(level: int, seconds: float) -> None:
-            self.ctx.report(self.step - 1, {"hop": hop_offset + level, "hops_total": self.hops_total,
-                                            "hop_seconds": seconds})
+        def copy_split_rows(level: int) -> None:
+            if keep is not None and level in read:
+                for c0, c1 in iter_chunks(len(self.split_ids), WRITE_ROWS):
+                    keep[c0:c1, level - read.start] = tables.read(level, self.split_ids[c0:c1])
 
+        def done(timing: HopTiming) -> None:
+            copy_split_rows(timing.level)
+            timings.append(asdict(timing))
+            self.ctx.report(self.step - 1, {"hop": hop_offset + timing.level, "hops_total": self.hops_total,
+                                            "hop_seconds": timing.seconds})
+
+        copy_split_rows(0)
         teleport = p.alpha if p.operator == "ppr" and hop_offset == 0 else 0.0
         propagate_partition(self.data.graph, tables, self.lo, self.hi, p.r, self.barrier, teleport,
-                            chunk_rows=p.chunk_rows, on_level=done)
+                            on_level=done, tiles=self.tiles)
         self.propagation_s += time.perf_counter() - start
+        return source if keep is None else CachedHops(source, self.split_ids, keep)
 
-    def features(self) -> PSHops:
+    def _cache_plan(self, source: PSHops) -> np.ndarray | None:
+        """RAM for the split's rows of ``source`` when they fit what is left of the budget (features first)."""
+        need = len(self.split_ids) * source.row_bytes
+        budget = self.cache_budget - self.feature_cache_bytes
+        what = (f"{source.tables.name} ({len(self.split_ids)} split nodes x {source.row_bytes} B = "
+                f"{need / 2**20:.1f} MiB)")
+        if need > budget:
+            self.ctx.log.info("rank %d reads %s from the PS at every batch: over the %.1f MiB left of "
+                              "training.hop_cache_mb", self.ctx.rank, what, budget / 2**20)
+            return None
+        self.ctx.log.info("rank %d holds %s in RAM, copied as each level completes", self.ctx.rank, what)
+        return np.empty((len(self.split_ids), len(source.levels), source.tables.dim), np.float32)
+
+    def features(self) -> HopSource:
         d = self.data
         tables = HopTables(self.ps, "gnn_x", d.graph.num_nodes, d.features.shape[1], self.spec.propagation.hops + 1)
-        self._propagate(tables, np.asarray(d.features[self.lo:self.hi], dtype=np.float32), 0)
-        return PSHops(tables, range(tables.levels))
+        hops = self._propagate(tables, d.features[self.lo:self.hi], 0, range(tables.levels))
+        if isinstance(hops, CachedHops):
+            self.feature_cache_bytes = hops.stacked.nbytes
+        return hops
 
     def label_propagator(self, seed_ids: np.ndarray, seed_rows: np.ndarray) -> HopSource:
         """The distributed LabelPropagator: each worker seeds its range, all propagate; reads ``Ŷ^(K)``."""
@@ -156,8 +213,7 @@ class _Run:
         mine = (seed_ids >= self.lo) & (seed_ids < self.hi)
         seed = np.zeros((self.hi - self.lo, d.num_classes), np.float32)
         seed[seed_ids[mine] - self.lo] = seed_rows[mine]
-        self._propagate(tables, seed, p.hops)
-        return PSHops(tables, range(p.label_hops, p.label_hops + 1))
+        return self._propagate(tables, seed, p.hops, range(p.label_hops, p.label_hops + 1))
 
     def make_optimizer(self, model: torch.nn.Module, stage: int) -> PSOptimizer:
         t = self.spec.training
@@ -171,10 +227,12 @@ class _Run:
             self.ctx.report(self.step, {"train_loss": loss})
 
     def on_eval(self, epoch: int, valid_acc: float) -> None:
+        self.eval_times.append(time.perf_counter())
         self.ctx.report(self.step, {"val_acc": valid_acc, "epoch": epoch})
 
 
-def _build_model(spec: GNNSpec, in_dim: int, num_classes: int) -> torch.nn.Module:
+def build_model(spec: GNNSpec, in_dim: int, num_classes: int) -> torch.nn.Module:
+    """The network a job spec describes; the job and ``bench/gnn_accuracy.py`` both build it here."""
     p, m = spec.propagation, spec.model
     options = dict(m.options)
     if p.label_hops and m.kind == "gamlp":
@@ -190,33 +248,41 @@ def run_gnn(spec: GNNSpec, ctx: JobContext) -> dict[str, Any]:
     health = ctx.ps.health()
     if any(h.staleness != 0 for h in health):
         raise GraphError("GNN jobs need consistency.staleness: 0 (each hop is a barrier over all workers)")
+    start = time.perf_counter()
     data = open_graph(spec.graph, ctx.run_dir / "graph", ctx.rank, ctx.world_size)
+    open_graph_s = time.perf_counter() - start
     run = _Run(spec, ctx, data)
-    ctx.log.info("rank %d owns nodes [%d, %d) of %d; %d edges", ctx.rank, run.lo, run.hi, data.graph.num_nodes,
-                 data.graph.num_edges)
+    ctx.log.info("rank %d owns nodes [%d, %d) of %d; %d edges; %d source tiles (%.0f MiB) built in %.1fs",
+                 ctx.rank, run.lo, run.hi, data.graph.num_nodes, data.graph.num_edges, run.tiles.count,
+                 run.tiles.nbytes / 2**20, run.partition_s)
     features = run.features()
     t = spec.training
-    config = TrainConfig(**t.model_dump())
+    config = TrainConfig(**t.model_dump(exclude={"hop_cache_mb"}))
     rlu = None
     if spec.rlu.stages > 1:
         rlu = RLUConfig(stage_epochs=(t.epochs,) * spec.rlu.stages, threshold=spec.rlu.threshold,
                         temperature=spec.rlu.temperature, gamma=spec.rlu.gamma)
     split = Split(data.train_idx, data.valid_idx, data.test_idx)
     start = time.perf_counter()
-    results = fit(lambda stage: _build_model(spec, data.features.shape[1], data.num_classes), features,
+    results = fit(lambda stage: build_model(spec, data.features.shape[1], data.num_classes), features,
                   np.asarray(data.labels), split, data.num_classes, config, rlu,
                   run.label_propagator if spec.propagation.label_hops else None, ctx.log.info,
                   Share(ctx.rank, ctx.world_size), run.make_optimizer, run.on_step, run.on_eval,
                   label_folds=spec.propagation.label_folds)
     train_s = time.perf_counter() - start
+    train_start = [start] + run.eval_times[:-1]
     final = results[-1]
     ctx.report(run.step, {"val_acc": final.valid_acc, "test_acc": final.test_acc})
     out: dict[str, Any] = {
         "valid_acc": final.valid_acc, "test_acc": final.test_acc,
         "stages": [{"stage": r.stage, "valid_acc": r.valid_acc, "test_acc": r.test_acc, "best_epoch": r.best_epoch,
                     "confident": 0 if r.teacher is None else int(len(r.teacher.ids))} for r in results],
-        "propagation_s": run.propagation_s, "train_s": train_s, "nodes": data.graph.num_nodes,
-        "edges": data.graph.num_edges, "worker_peak_rss_bytes": peak_rss_bytes(),
+        "nodes": data.graph.num_nodes, "edges": data.graph.num_edges,
+        "open_graph_s": open_graph_s, "graph_timings": data.meta.get("timings", {}), "partition_s": run.partition_s,
+        "propagation_s": run.propagation_s, "hop_s": run.hop_timings, "train_s": train_s,
+        "epoch_s": [b - a for a, b in zip(train_start, run.eval_times)],
+        "hop_cache_bytes": run.feature_cache_bytes, "worker_peak_rss_bytes": peak_rss_bytes(),
+        "worker_cpu_s": time.process_time(),
     }
     if ctx.rank == 0:
         stats = ctx.ps.stats()
@@ -224,6 +290,8 @@ def run_gnn(spec: GNNSpec, ctx: JobContext) -> dict[str, Any]:
         out["ps_ram_budget_bytes"] = [s.ram_budget for s in stats]
         out["ps_lmdb_bytes"] = [s.lmdb_bytes for s in stats]
         out["hop_bytes"] = run.hop_bytes
+        graph_dir = Path(spec.graph.path) if spec.graph.path else ctx.run_dir / "graph"
+        out["graph_disk_bytes"] = sum(f.stat().st_size for f in graph_dir.rglob("*") if f.is_file())
     return out
 
 

@@ -104,8 +104,9 @@ class InputResidual(MessageOp):
         return self.dropout(self.act(self.inner(hops) + self.project(hops[0])))
 
 
-def _head(in_dim: int, hidden: int, num_classes: int, layers: int, dropout: float) -> nn.Module:
-    return MLP(in_dim, hidden, num_classes, layers, dropout)
+def _head(in_dim: int, hidden: int, num_classes: int, layers: int, dropout: float,
+          batch_norm: bool = True) -> nn.Module:
+    return MLP(in_dim, hidden, num_classes, layers, dropout, batch_norm)
 
 
 def sgc(in_dim: int, num_classes: int, hops: int, *, hidden: int = 256, layers: int = 1, dropout: float = 0.0,
@@ -115,12 +116,19 @@ def sgc(in_dim: int, num_classes: int, hops: int, *, hidden: int = 256, layers: 
 
 
 def sign(in_dim: int, num_classes: int, hops: int, *, hidden: int = 256, layers: int = 2, dropout: float = 0.5,
-         input_dropout: float = 0.0, hop_layers: int = 1, r: float = 0.5) -> SGAPModel:
-    """SIGN (Frasca et al., 2020): a per-hop MLP on every hop, concatenated, PReLU and dropout, then an MLP."""
+         input_dropout: float = 0.0, hop_layers: int = 1, batch_norm: bool = True, r: float = 0.5) -> SGAPModel:
+    """SIGN (Frasca et al., 2020): a per-hop MLP (``hop_layers`` deep) on every hop, concatenated, PReLU and
+    dropout, then an MLP. ``hop_layers=0`` concatenates the raw hops into the MLP (SGL's SIGN, which its authors
+    ran on the citation graphs). ``batch_norm=False`` drops batch norm from every layer: on a few hundred
+    labelled nodes its batch statistics hurt (see ``bench/gnn_accuracy.py``)."""
     levels = hops + 1
-    message = ProjectedMessage(in_dim, hidden, levels, ConcatMessage(levels), hop_layers, dropout)
-    head = nn.Sequential(nn.PReLU(), nn.Dropout(dropout),
-                         _head(message.out_dim(in_dim), hidden, num_classes, layers, dropout))
+    if hop_layers == 0:
+        message: MessageOp = ConcatMessage(levels)
+        head = _head(message.out_dim(in_dim), hidden, num_classes, layers, dropout, batch_norm)
+    else:
+        message = ProjectedMessage(in_dim, hidden, levels, ConcatMessage(levels), hop_layers, dropout, batch_norm)
+        head = nn.Sequential(nn.PReLU(), nn.Dropout(dropout),
+                             _head(message.out_dim(in_dim), hidden, num_classes, layers, dropout, batch_norm))
     return SGAPModel(LaplacianOp(hops, r), message, head, input_dropout=input_dropout)
 
 
@@ -141,26 +149,33 @@ def gbp(in_dim: int, num_classes: int, hops: int, *, beta: float = 0.15, hidden:
 def gamlp(in_dim: int, num_classes: int, hops: int, *, attention: str = "recursive", hidden: int = 512,
           hop_layers: int = 2, out_layers: int = 4, jk_layers: int = 2, dropout: float = 0.5,
           input_dropout: float = 0.0, att_dropout: float = 0.0, act: str = "leaky_relu", alpha: float = 0.5,
-          label_layers: int = 0, label_dropout: float = 0.0, residual: bool = False, r: float = 0.5) -> SGAPModel:
+          label_layers: int = 0, label_dropout: float = 0.0, residual: bool = False, batch_norm: bool = True,
+          r: float = 0.5) -> SGAPModel:
     """GAMLP with ``attention`` ``"recursive"`` or ``"jk"`` over hops 0..``hops``.
 
     ``hop_layers`` > 0 puts a per-hop MLP of that depth before the attention (the authors' ``--pre-process``, used
-    in every published configuration); 0 attends over the raw hop features. ``label_layers`` > 0 adds the label
-    branch ``MLP(Ŷ^(K))`` to the output (GAMLP's label utilization; the input of RLU). ``residual`` adds the
-    authors' input residual (:class:`InputResidual`).
+    in every published OGB configuration); 0 attends over the raw hop features (SGL's GAMLP, the authors' citation
+    graph setting, where with ``out_layers=2`` and ``batch_norm=False`` the head is SGL's two-layer MLP).
+    ``label_layers`` > 0 adds the label branch ``MLP(Ŷ^(K))`` to the output (GAMLP's label utilization; the input
+    of RLU). ``residual`` adds the authors' input residual (:class:`InputResidual`). ``batch_norm`` applies to
+    every MLP inside (per-hop, JK reference, head, label branch).
     """
     levels = hops + 1
     width = hidden if hop_layers > 0 else in_dim
     if attention == "recursive":
         attend: MessageOp = RecursiveAttention(width, levels, act, att_dropout)
     elif attention == "jk":
-        attend = JKAttention(width, levels, hidden, jk_layers, dropout, act, att_dropout)
+        attend = JKAttention(width, levels, hidden, jk_layers, dropout, act, att_dropout, batch_norm)
     else:
         raise ValueError(f"GAMLP attention must be 'recursive' or 'jk', got {attention!r}")
-    message = ProjectedMessage(in_dim, hidden, levels, attend, hop_layers, dropout) if hop_layers > 0 else attend
+    if hop_layers > 0:
+        message = ProjectedMessage(in_dim, hidden, levels, attend, hop_layers, dropout, batch_norm)
+    else:
+        message = attend
     if residual:
         message = InputResidual(message, in_dim, message.out_dim(in_dim), dropout)
-    head = InitialResidualMLP(message.out_dim(in_dim), hidden, num_classes, out_layers, dropout, alpha)
-    label_head = MLP(num_classes, hidden, num_classes, label_layers, dropout) if label_layers > 0 else None
+    head = InitialResidualMLP(message.out_dim(in_dim), hidden, num_classes, out_layers, dropout, alpha, batch_norm)
+    label_head = (MLP(num_classes, hidden, num_classes, label_layers, dropout, batch_norm) if label_layers > 0
+                  else None)
     return SGAPModel(LaplacianOp(hops, r), message, head, label_head=label_head, input_dropout=input_dropout,
                      label_dropout=label_dropout)

@@ -109,7 +109,7 @@ def metis_partition(graph: CSRGraph, num_parts: int, balance_edges: bool = True)
     return from_assignment(assignment.numpy(), num_parts)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _cut(indptr, indices, assignment):  # pragma: no cover - compiled
     cut = 0
     for i in prange(len(indptr) - 1):
@@ -125,7 +125,7 @@ def edge_cut(graph: CSRGraph, partition: Partition) -> int:
     return int(_cut(graph.indptr, graph.indices, partition.assignment))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _relabel_rows(indptr, indices, new_to_old, old_to_new, new_indptr, out):  # pragma: no cover - compiled
     for i in prange(len(new_indptr) - 1):
         old = new_to_old[i]

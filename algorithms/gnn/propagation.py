@@ -1,8 +1,9 @@
 """Parameter-free propagation ``X' = Â X`` with ``Â = D̃^(r-1) Ã D̃^(-r)``, ``Ã = A + I``: the precompute of GAMLP/PasCa.
 
-Compiled with numba (rows in parallel, int64 offsets so graphs past 2^31 edges cannot overflow). The hop is computed
-as ``X' = row_scale ⊙ (Ã (col_scale ⊙ X))`` with both scale vectors precomputed once by :func:`normalization`;
-the ``I`` of ``Ã`` is applied inside the kernel, never materialized.
+Compiled with numba (rows in parallel, int64 offsets so graphs past 2^31 edges cannot overflow; every kernel here
+and in the other GNN modules releases the GIL, so a kernel of many seconds never stalls a job process's heartbeat
+thread). The hop is computed as ``X' = row_scale ⊙ (Ã (col_scale ⊙ X))`` with both scale vectors precomputed once
+by :func:`normalization`; the ``I`` of ``Ã`` is applied inside the kernel, never materialized.
 
 Conventions (see ``csr.py``): row ``i`` lists the nodes ``i`` aggregates from, and ``D̃[i]`` is the length of row
 ``i`` of ``Ã`` (the in-degree plus one; on undirected graphs, which store both directions, also the out-degree).
@@ -37,12 +38,12 @@ Scales = tuple[np.ndarray, np.ndarray]  #: (row_scale, col_scale) = (D̃^(r-1), 
 _CHUNKS_PER_THREAD = 16  #: parallel work items per thread; each holds about the same number of edges
 #: edges ahead whose source row (and scale) the kernel prefetches: the gathers are random DRAM reads, and issuing
 #: them early doubled edges/s on a 1M-node R-MAT graph (d=64); 32 and 64 measured alike, 8-16 gave less.
-_PREFETCH_EDGES = 32
+PREFETCH_EDGES = 32
 
 
 # ----------------------------------------------------------------------------------------------------- kernels
 @intrinsic
-def _prefetch(typingctx, arr):
+def prefetch_line(typingctx, arr):
     """Hint the CPU to fetch the cache line holding arr's first element (llvm.prefetch: read, keep in all levels)."""
     if not isinstance(arr, types.Array):
         return None
@@ -58,7 +59,7 @@ def _prefetch(typingctx, arr):
     return types.void(arr), codegen
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _tilde_degrees(indptr, indices):
     """Row lengths of Ã (self-loops counted once) and how many indices fall outside [0, n)."""
     n = len(indptr) - 1
@@ -76,21 +77,21 @@ def _tilde_degrees(indptr, indices):
     return deg, bad
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _accumulate(indptr, indices, i, s, col_scale, x, acc, prefetch_end):
     """acc = (Ã (col_scale ⊙ x)) for graph row i, whose own row sits at position s of x; prefetches the rows of
-    the edges _PREFETCH_EDGES ahead as long as they lie before prefetch_end."""
+    the edges PREFETCH_EDGES ahead as long as they lie before prefetch_end."""
     d = x.shape[1]
     w = col_scale[s]
     for f in range(d):
         acc[f] = w * x[s, f]
     for e in range(indptr[i], indptr[i + 1]):
-        if e + _PREFETCH_EDGES < prefetch_end:
-            q = indices[e + _PREFETCH_EDGES]
-            _prefetch(col_scale[q:])
+        if e + PREFETCH_EDGES < prefetch_end:
+            q = indices[e + PREFETCH_EDGES]
+            prefetch_line(col_scale[q:])
             for f in range(0, d, 16):
-                _prefetch(x[q, f:])
-            _prefetch(x[q, d - 1:])
+                prefetch_line(x[q, f:])
+            prefetch_line(x[q, d - 1:])
         j = indices[e]
         if j != s:
             w = col_scale[j]
@@ -98,7 +99,7 @@ def _accumulate(indptr, indices, i, s, col_scale, x, acc, prefetch_end):
                 acc[f] += w * x[j, f]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _store(acc, w, out, r, y, b):
     """out[r] = w * acc (+ b * y[r] when b is not zero)."""
     d = acc.shape[0]
@@ -110,7 +111,7 @@ def _store(acc, w, out, r, y, b):
             out[r, f] = w * acc[f]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _hop_range(indptr, indices, row0, self0, bounds, row_scale, col_scale, x, out, a, y, b):
     """out[r] = a * row_scale[row0+r] * (Ã (col_scale ⊙ x))[row0+r] + b * y[r] for the rows the bounds cover;
     the own row of graph row row0+r is x[self0+r]."""
@@ -123,7 +124,7 @@ def _hop_range(indptr, indices, row0, self0, bounds, row_scale, col_scale, x, ou
             _store(acc, np.float32(a * row_scale[row0 + r]), out, r, y, b)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _hop_list(indptr, indices, rows, bounds, row_scale, col_scale, x, out):
     """out[r] = row_scale[rows[r]] * (Ã (col_scale ⊙ x))[rows[r]] for an arbitrary list of graph rows."""
     d = x.shape[1]
@@ -135,7 +136,7 @@ def _hop_list(indptr, indices, rows, bounds, row_scale, col_scale, x, out):
             _store(acc, row_scale[i], out, r, x, 0.0)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _popcount(v):
     v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
     v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
@@ -143,7 +144,7 @@ def _popcount(v):
     return (v * np.uint64(0x0101010101010101)) >> np.uint64(56)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _mark_halo(indices, e0, e1, lo, hi, bits):
     """Set bit j of the bitmap for every neighbour j outside [lo, hi) of the edges e0..e1."""
     for e in range(e0, e1):
@@ -152,7 +153,7 @@ def _mark_halo(indices, e0, e1, lo, hi, bits):
             bits[j >> 6] |= np.uint64(1) << np.uint64(j & 63)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bitmap_ids(bits, word_rank, total):
     """The set bit positions of the bitmap, ascending."""
     ids = np.empty(total, np.int64)
@@ -169,7 +170,7 @@ def _bitmap_ids(bits, word_rank, total):
     return ids
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _remap(indices, e0, e1, lo, hi, bits, word_rank, local):
     """Position in the gathered block (own rows first, then the halo ascending) of every neighbour of edges e0..e1."""
     own = hi - lo

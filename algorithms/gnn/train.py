@@ -25,13 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from seraphim.algorithms.gnn.csr import CSRGraph, GraphError
+from seraphim.algorithms.gnn.graph_io import iter_chunks
 from seraphim.algorithms.gnn.operators import GraphOp, softmax
 from seraphim.algorithms.gnn.propagation import train_one_hot
 
 __all__ = [
-    "HopSource", "InMemoryHops", "LabelPropagator", "graph_label_propagator", "FoldedLabels",
+    "HopSource", "InMemoryHops", "CachedHops", "LabelPropagator", "graph_label_propagator", "FoldedLabels",
     "folded_label_input", "Split", "TrainConfig", "RLUConfig",
-    "Teacher", "StageResult", "Share", "Stepper", "MakeOptimizer", "predict", "accuracy", "train_stage", "fit",
+    "SELECTIONS", "Teacher", "StageResult", "Share", "Stepper", "MakeOptimizer", "predict", "accuracy", "train_stage",
+    "fit",
 ]
 
 
@@ -56,6 +58,52 @@ class InMemoryHops:
 
     def fetch(self, node_ids: np.ndarray) -> list[np.ndarray]:
         rows = self.stacked[node_ids]
+        return [rows[:, l] for l in range(rows.shape[1])]
+
+
+class CachedHops:
+    """A :class:`HopSource` that holds the rows of ``ids`` (sorted, unique) in RAM, ``stacked`` ``[len(ids), L, d]``
+    in level order, and asks ``source`` only for other ids: training reads the same nodes (the split) every epoch,
+    and a remote source (PS tables) would send them every time. :meth:`pull` reads the rows from the source once;
+    the distributed job instead copies each level's rows while the level is fresh on the PS."""
+
+    def __init__(self, source: HopSource, ids: np.ndarray, stacked: np.ndarray) -> None:
+        if ids.ndim != 1 or len(ids) == 0 or np.any(ids[1:] <= ids[:-1]):
+            raise GraphError("CachedHops needs a non-empty, ascending, repeat-free int64 id vector")
+        if stacked.ndim != 3 or stacked.shape[0] != len(ids):
+            raise GraphError(f"CachedHops rows must be [len(ids)={len(ids)}, levels, dim], got {stacked.shape}")
+        self.source, self.ids, self.stacked = source, ids.astype(np.int64, copy=False), stacked
+
+    @classmethod
+    def pull(cls, source: HopSource, ids: np.ndarray, rows_per_fetch: int = 65536) -> "CachedHops":
+        """The rows of ``ids`` (any order, repeats allowed) read from ``source``, ``rows_per_fetch`` at a time."""
+        if rows_per_fetch < 1:
+            raise GraphError(f"rows_per_fetch must be >= 1, got {rows_per_fetch}")
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if len(ids) == 0:
+            raise GraphError("CachedHops needs at least one node id to cache")
+        stacked: np.ndarray | None = None
+        for lo, hi in iter_chunks(len(ids), rows_per_fetch):
+            levels = source.fetch(ids[lo:hi])
+            if stacked is None:
+                stacked = np.empty((len(ids), len(levels), levels[0].shape[1]), np.float32)
+            for l, rows in enumerate(levels):
+                stacked[lo:hi, l] = rows
+        return cls(source, ids, stacked)
+
+    @property
+    def nbytes(self) -> int:
+        return self.stacked.nbytes
+
+    def fetch(self, node_ids: np.ndarray) -> list[np.ndarray]:
+        node_ids = np.asarray(node_ids, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, node_ids), len(self.ids) - 1)
+        hit = self.ids[pos] == node_ids
+        rows = self.stacked[pos]
+        if not hit.all():
+            missed = np.flatnonzero(~hit)
+            for l, level in enumerate(self.source.fetch(node_ids[missed])):
+                rows[missed, l] = level
         return [rows[:, l] for l in range(rows.shape[1])]
 
 
@@ -129,9 +177,14 @@ class Split:
         return np.concatenate([self.valid, self.test])
 
 
+SELECTIONS = ("best_valid", "last")  #: which weights a stage keeps (see TrainConfig)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """One stage's optimisation: Adam, mini-batches, early stopping on validation accuracy."""
+    """One stage's optimisation: Adam, mini-batches, and which weights to keep: ``select="best_valid"`` early-stops
+    on validation accuracy and keeps the best epoch's weights (GAMLP's and SIGN's protocol); ``"last"`` trains every
+    epoch and keeps the final weights (SGC's protocol: a fixed budget, the validation set only reported)."""
 
     epochs: int = 100
     batch_size: int = 2048
@@ -141,10 +194,13 @@ class TrainConfig:
     patience: int = 20          #: stop after this many epochs without a better validation accuracy
     eval_every: int = 1
     seed: int = 0
+    select: str = "best_valid"
 
     def __post_init__(self) -> None:
         if min(self.epochs, self.batch_size, self.eval_batch_size, self.patience, self.eval_every) < 1:
             raise ValueError(f"epochs, batch sizes, patience and eval_every must all be >= 1, got {self}")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select must be one of {SELECTIONS}, got {self.select!r}")
 
 
 @dataclass(frozen=True)
@@ -292,6 +348,8 @@ def train_stage(model: nn.Module, features: HopSource, labels: np.ndarray, split
                            labels[split.valid])
             if on_eval is not None:
                 on_eval(epoch, val)
+            if config.select == "last":
+                continue
             if val > best_val:
                 best_val, best_epoch, stale = val, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
@@ -299,7 +357,10 @@ def train_stage(model: nn.Module, features: HopSource, labels: np.ndarray, split
                 stale += config.eval_every
                 if stale >= config.patience:
                     break
-    model.load_state_dict(best_state)
+    if config.select == "last":
+        best_epoch = epoch
+    else:
+        model.load_state_dict(best_state)
     logits = predict(model, features, split.evaluated, label_input, config.eval_batch_size)
     n_val = len(split.valid)
     result = StageResult(stage, best_epoch, epoch, accuracy(logits[:n_val], labels[split.valid]),

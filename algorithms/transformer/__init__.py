@@ -1,0 +1,1 @@
+"""The Transformer LM workload (lm.transformer): a Llama-architecture model trained on paged PS states."""

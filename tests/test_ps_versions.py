@@ -1,0 +1,114 @@
+"""Versioned tables on real PS processes: gradients summed over workers and applied once per version, pulls that
+wait for a version, dropped repeats and stale pushes, versions that survive a restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from seraphim.proto.errors import DeadlineExceeded, InvalidArgument
+from seraphim.scheduler.local_cluster import LocalCluster, PSProcessSpec
+from seraphim.worker.client import PSClient
+from seraphim.worker.specs import SGD, AdamW, Zeros
+
+ROWS, DIM = 12, 5
+
+
+@pytest.fixture(scope="module")
+def shared_ps(tmp_path_factory):
+    """Two PS shards shared by this module's tests; each test uses tables of its own."""
+    with LocalCluster(tmp_path_factory.mktemp("versions"), PSProcessSpec(num_ps=2, ram_mb=1, page_kb=4)) as cluster:
+        yield cluster
+
+
+def _table(ps: PSClient, sum_workers: int = 2, name: str = "pages"):
+    return ps.dense_table(name, (ROWS, DIM), init=Zeros(), optimizer=AdamW(lr=0.05, weight_decay=0.1),
+                          sum_workers=sum_workers)
+
+
+def test_two_workers_gradients_are_summed_and_applied_once_per_version(shared_ps):
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    keys = np.arange(ROWS)
+    with PSClient(shared_ps.addresses, worker_id=0, num_workers=2) as w0, \
+            PSClient(shared_ps.addresses, worker_id=1, num_workers=2) as w1:
+        t0, t1 = _table(w0, name="summed"), _table(w1, name="summed")
+        t0.push(keys, start, mode="assign")
+        ref = torch.nn.Parameter(torch.from_numpy(start.copy()))
+        opt = torch.optim.AdamW([ref], lr=0.05, weight_decay=0.1)
+        for version in range(3):
+            g0, g1 = (rng.normal(size=(ROWS, DIM)).astype(np.float32) for _ in range(2))
+            t0.push(keys, g0, version=version, lr_scale=0.5)
+            rows, versions = t0.pull_versioned(keys)
+            assert (versions == version).all()  # one worker's half is not an update
+            t1.push(keys, g1, version=version, lr_scale=0.5)
+            for group in opt.param_groups:
+                group["lr"] = 0.05 * 0.5
+            ref.grad = torch.from_numpy(g0 + g1)
+            opt.step()
+            rows, versions = t1.pull_versioned(keys, min_version=version + 1)
+            assert (versions == version + 1).all()
+            np.testing.assert_allclose(rows, ref.detach().numpy(), rtol=1e-6, atol=1e-7)
+        t0.push(keys, np.ones((ROWS, DIM), np.float32), version=1)  # a version these rows passed: dropped
+        t1.push(keys[:4], np.ones((4, DIM), np.float32), version=3)
+        t1.push(keys[:4], np.ones((4, DIM), np.float32), version=3)  # the same worker again: dropped
+        assert (t0.pull_versioned(keys)[1] == 3).all()
+        t0.push(keys[:4], np.zeros((4, DIM), np.float32), version=3)
+        rows, versions = t0.pull_versioned(keys)
+        assert versions.tolist() == [4] * 4 + [3] * 8
+        np.testing.assert_allclose(rows[4:], ref.detach().numpy()[4:], rtol=1e-6, atol=1e-7)
+
+
+def test_a_pull_waits_for_the_version_it_needs_and_a_late_one_names_the_missing_worker(shared_ps):
+    keys = np.arange(ROWS)
+    with PSClient(shared_ps.addresses, worker_id=0, num_workers=2) as w0, \
+            PSClient(shared_ps.addresses, worker_id=1, num_workers=2) as w1:
+        t0, t1 = _table(w0, name="waited"), _table(w1, name="waited")
+        got: dict = {}
+        reader = threading.Thread(target=lambda: got.update(v=t1.pull_versioned(keys, min_version=1)[1]))
+        reader.start()
+        t0.push(keys, np.ones((ROWS, DIM), np.float32), version=0)
+        time.sleep(0.3)
+        assert reader.is_alive()  # worker 1's gradient is still missing
+        t1.push(keys, np.ones((ROWS, DIM), np.float32), version=0)
+        reader.join(timeout=10)
+        assert (got["v"] == 1).all()
+        t0.push(keys[:3], np.ones((3, DIM), np.float32), version=1)
+        with pytest.raises(DeadlineExceeded, match=r"reach version 2; row 0 \(local\) is at version 1 and lacks "
+                                                   r"the gradients of workers \[1\]"):
+            t0.pull(keys[:3], min_version=2, wait_s=0.5)
+
+
+def test_one_worker_updates_at_once_and_versions_survive_a_ps_restart(cluster_factory):
+    cluster = cluster_factory(num_ps=1, num_workers=1, ram_mb=1, page_kb=4, snapshot_every=1)
+    keys = np.arange(ROWS)
+    with PSClient(cluster.addresses) as ps:
+        table = _table(ps, sum_workers=1)
+        for version in range(2):
+            table.push(keys, np.ones((ROWS, DIM), np.float32), version=version)
+            ps.clock()
+        before = table.pull_versioned(keys)
+    cluster.kill_ps(0)
+    cluster.start_ps(0)
+    with PSClient(cluster.addresses) as ps:
+        after = _table(ps, sum_workers=1).pull_versioned(keys, min_version=2, wait_s=5)
+    np.testing.assert_array_equal(after[0], before[0])
+    assert (after[1] == 2).all()
+
+
+def test_versioned_tables_need_a_dense_step_counting_optimizer(shared_ps):
+    with PSClient(shared_ps.addresses) as ps:
+        with pytest.raises(InvalidArgument, match="must be dense with an optimizer that counts steps"):
+            ps.dense_table("sgd_pages", (4, 4), optimizer=SGD(lr=0.1), sum_workers=2)
+        plain = ps.dense_table("plain", (4, 4), optimizer=AdamW())
+        with pytest.raises(InvalidArgument, match="not versioned"):
+            plain.pull([0], min_version=1)
+        pages = _table(ps)
+        with PSClient(shared_ps.addresses, worker_id=2, num_workers=3) as third:
+            with pytest.raises(InvalidArgument, match="summed over workers 0..1"):
+                _table(third).push([0], np.ones((1, DIM), np.float32))
+        assert pages.pull_versioned([0])[1].tolist() == [0]

@@ -1,0 +1,89 @@
+"""Gradient pages: each page's gradient assembled from its tensors' gradients and pushed once it is complete.
+
+Backward produces a tensor's gradient when autograd has accumulated it (``post_accumulate_grad`` hook); the pieces
+are copied into float32 page buffers, and a page whose every tensor has reported is pushed at once (early
+pushes: the PS updates that page while the worker runs backward through earlier layers). A page holding a
+tensor that got no gradient this step is pushed at the step's end with zeros there, so every page reaches the
+next version. The push names the step as its version: the PS applies step t's gradients to rows at version t.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from seraphim.worker.client import DenseTable
+from seraphim.worker.paged.layout import PageLayout
+from seraphim.worker.paged.transfer import PageTransfer
+
+
+class PageGradients:
+    """One step's gradient pages of a paged model."""
+
+    def __init__(self, layout: PageLayout, table: DenseTable, rows_per_page: int, transfer: PageTransfer,
+                 device: torch.device, trainable: set[str]) -> None:
+        self.layout = layout
+        self.table = table
+        self.rows_per_page = rows_per_page
+        self.transfer = transfer
+        self.device = device
+        self._placements = {t.name: t for t in layout.tensors if t.name in trainable}
+        self._expected = np.zeros(layout.n_pages, dtype=np.int64)
+        for t in self._placements.values():
+            for s in t.segments:
+                self._expected[s.page] += 1
+        self._remaining = self._expected.copy()
+        self._buffers: dict[int, torch.Tensor] = {}
+        self._version = 0
+        self._lr_scale = 1.0
+        self._early = True
+        self.pushed: set[int] = set()
+        self.pushed_bytes = 0
+        self.on_push: Callable[[int], None] = lambda page: None
+
+    def begin(self, version: int, lr_scale: float, early: bool) -> None:
+        """Start a step: its gradients are pushed as `version` with the learning rate scaled by lr_scale; early
+        False holds every page until finish() (no overlap of pushes with backward)."""
+        if self._buffers or (self._remaining != self._expected).any():
+            raise RuntimeError("the previous step's gradient pages were not finished")
+        self._version, self._lr_scale, self._early = version, lr_scale, early
+        self.pushed = set()
+
+    def add(self, name: str, grad: torch.Tensor) -> None:
+        """A tensor's gradient for this step (its full shape)."""
+        placement = self._placements[name]
+        flat = grad.detach().reshape(-1)
+        for s in placement.segments:
+            buf = self._buffers.get(s.page)
+            if buf is None:
+                buf = self._buffers[s.page] = torch.zeros(self.layout.page_numel, dtype=torch.float32,
+                                                          device=self.device)
+            buf[s.page_offset:s.page_offset + s.numel].copy_(flat[s.tensor_offset:s.tensor_offset + s.numel])
+            self._remaining[s.page] -= 1
+            if self._remaining[s.page] == 0 and self._early:
+                self._push(s.page)
+
+    def finish(self) -> None:
+        """Push every page not pushed yet (zeros where a tensor got no gradient); the step's pushes are then all
+        in flight (the client's clock() waits for them)."""
+        for page in range(self.layout.n_pages):
+            if page not in self.pushed:
+                self._push(page)
+        self._remaining = self._expected.copy()
+
+    @property
+    def missing_pages(self) -> int:
+        """Pages still waiting for some tensor's gradient."""
+        return int((self._remaining > 0).sum())
+
+    def _push(self, page: int) -> None:
+        buf = self._buffers.pop(page, None)
+        values = (np.zeros(self.layout.page_numel, dtype=np.float32) if buf is None else self.transfer.to_host(buf))
+        keys = np.arange(page * self.rows_per_page, (page + 1) * self.rows_per_page, dtype=np.int64)
+        self.table.push_async(keys, values.reshape(self.rows_per_page, -1), version=self._version,
+                              lr_scale=self._lr_scale)
+        self.pushed.add(page)
+        self.pushed_bytes += values.nbytes
+        self.on_push(page)
