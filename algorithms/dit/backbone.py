@@ -1,8 +1,9 @@
 """What every DiT here shares around its blocks: the configuration, patchify and embed, caption conditioning,
 RoPE angles, the final layer, unpatchify, and one ``initialize_weights``.
 
-A family (``hunyuan_dit.py``, ``hunyuan_video.py``) subclasses :class:`PatchDiT` and writes only ``run_blocks``; its
-blocks sit in ``nn.ModuleList``s, which is what a layer-by-layer runtime (paged weights, prefetch) walks.
+A family (``hunyuan_dit.py``, ``hunyuan_video.py``) subclasses :class:`PatchDiT` and writes ``run_blocks`` and
+``blocks_in_order``; ``paged_units`` lists every layer in forward order, which is what the paged step runtime
+(``worker.paged``) fetches weights by: a unit's parameters are read only inside its own forward.
 """
 
 from __future__ import annotations
@@ -121,6 +122,14 @@ class PatchDiT(nn.Module):
         for linear in (*self.zero_init_linears(), self.final.linear):
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
+
+    def paged_units(self) -> list[nn.Module]:
+        """Every layer holding weights, in the order forward runs them (what the paged step runtime pages by)."""
+        return [self.x_embed, self.cond, *self.blocks_in_order(), self.final]
+
+    @abstractmethod
+    def blocks_in_order(self) -> list[nn.Module]:
+        """The family's blocks in the order ``run_blocks`` calls them."""
 
     def zero_init_linears(self) -> list[nn.Linear]:
         """A family's residual Linear layers outside adaLN's gates, zeroed at init; none by default."""

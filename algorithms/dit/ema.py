@@ -3,14 +3,16 @@
     ema = EMA(model, decay=0.999)
     ...; optimizer.step(); ema.update(model)
     images = objective.sample(ema.model, ...)
+    ema.update_from(paged.named_tensors(), steps=10)   # every 10 steps of a model whose weights live on the PS
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Iterable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 class EMA:
@@ -33,3 +35,20 @@ class EMA:
         ema_params = list(self.model.parameters())
         torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - d)
         self.updates += 1
+
+    @torch.no_grad()
+    def update_from(self, tensors: Iterable[tuple[str, Tensor]], steps: int) -> None:
+        """One update standing for ``steps`` optimizer steps, from named weights read elsewhere (the PS pages):
+        ``d`` becomes ``d ** steps``, as if the weights had stood still over those steps."""
+        d = self.current_decay() ** steps
+        params = dict(self.model.named_parameters())
+        for name, value in tensors:
+            params[name].lerp_(value, 1.0 - d)
+        self.updates += steps
+
+    @torch.no_grad()
+    def reset_from(self, tensors: Iterable[tuple[str, Tensor]]) -> None:
+        """Start again from these weights (a restarted worker's, read from the PS)."""
+        params = dict(self.model.named_parameters())
+        for name, value in tensors:
+            params[name].copy_(value)

@@ -65,6 +65,9 @@ class HunyuanDiT(PatchDiT):
                                     for layer in range(config.depth))
         self.initialize_weights()
 
+    def blocks_in_order(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     def zero_init_linears(self) -> list[nn.Linear]:
         return [block.skip for block in self.blocks if block.skip is not None]
 

@@ -93,6 +93,9 @@ class HunyuanVideoDiT(PatchDiT):
         self.single_blocks = nn.ModuleList(SingleStreamBlock(d, h, m) for _ in range(config.single_blocks))
         self.initialize_weights()
 
+    def blocks_in_order(self) -> list[nn.Module]:
+        return [*self.double_blocks, *self.single_blocks]
+
     def run_blocks(self, x: Tensor, c: Tensor, text: Tensor, text_mask: Tensor, angles: Tensor) -> Tensor:
         n = x.shape[1]
         angles = torch.cat([angles, angles.new_zeros(text.shape[1], angles.shape[1])])  # (N+L, Dh/2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from pydantic import ValidationError
 
 from seraphim.algorithms.dit.backbone import DiTConfig, PatchDiT
@@ -43,5 +44,8 @@ def model_config(preset: str, **overrides: Any) -> DiTConfig:
         raise DiTInputError(f"model preset {preset!r} with overrides {overrides}: {exc}") from None
 
 
-def build_model(config: DiTConfig, vocab_size: int) -> PatchDiT:
-    return FAMILIES[config.family](config, vocab_size)
+def build_model(config: DiTConfig, vocab_size: int, device: str = "cpu") -> PatchDiT:
+    """The model with its initial weights; on device "meta" only its shapes (a paged worker's, whose weights live
+    on the PS)."""
+    with torch.device(device):
+        return FAMILIES[config.family](config, vocab_size)

@@ -8,10 +8,12 @@ pydantic model whose errors name the field, the value and what is allowed.
       training: {steps: 2000, batch_size: 32, lr: 3.0e-4}
       sampling: {sampler: euler, steps: 25, guidance: 4.0, shift: 3.0}
       evaluation: {samples: 500}
+      paging: {page_kb: 64}                             # the paged step runtime (as lm.transformer's)
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -19,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from seraphim.algorithms.dit.backbone import DiTConfig
 from seraphim.algorithms.dit.diffusion import FlowMatching, VPrediction
 from seraphim.algorithms.dit.models import model_config
+from seraphim.algorithms.transformer.job import PagingSpec
 
 #: which objective each sampler integrates, and the options it passes to that objective's ``sample``
 SAMPLERS: dict[str, tuple[str, dict[str, float]]] = {
@@ -33,6 +36,8 @@ class _Section(BaseModel):
 class DataSpec(_Section):
     kind: Literal["digits", "digit_videos", "image_folder"] = "digits"
     canvas: int = Field(32, ge=8, description="digits: canvas side in pixels")
+    glyph: int = Field(16, ge=4, description="digits: glyph side in pixels (16 on a 32 canvas: one glyph fills a "
+                                             "quadrant, 4x4 patches exactly)")
     frames: int = Field(8, ge=2, description="digit_videos: frames per clip")
     path: str | None = Field(None, description="image_folder: a folder of images with metadata.jsonl or .csv")
     size: int = Field(32, ge=8, description="image_folder: images are centre-cropped and resized to size x size")
@@ -78,11 +83,24 @@ class TrainingSpec(_Section):
     steps: int = Field(2000, ge=1, description="optimizer steps of each worker")
     batch_size: int = Field(32, ge=1, description="samples per step on each worker")
     lr: float = Field(3e-4, gt=0)
+    warmup_steps: int = Field(0, ge=0, description="steps of linear learning-rate warm-up")
+    decay: Literal["constant", "cosine"] = Field("constant", description="after warm-up: constant, or cosine to "
+                                                                        "a tenth of lr at the last step")
     weight_decay: float = Field(0.0, ge=0)
     cond_drop: float = Field(0.1, ge=0, lt=1, description="probability of training on the empty caption (CFG)")
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_every: int = Field(10, ge=1, description="platform: steps between rank 0's EMA updates from the PS pages")
     seed: int = 0
     log_every: int = Field(10, ge=1, description="steps between reported training losses")
+
+    def lr_scale(self, step: int) -> float:
+        """The learning-rate multiplier of a step."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.decay == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - 1 - self.warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class SamplingSpec(_Section):
@@ -92,6 +110,8 @@ class SamplingSpec(_Section):
     shift: float = Field(1.0, gt=0, description="euler: time shift s of t -> s t / (1 + (s - 1) t)")
     every: int = Field(0, ge=0, description="steps between sample grids during training (0: at the end only)")
     grid: int = Field(16, ge=1, le=256, description="samples in a grid")
+    weights: Literal["ema", "trained"] = Field("ema", description="platform: sample rank 0's EMA weights, or the "
+                                                                  "PS's trained weights through the paged runtime")
     seed: int = 0
 
     def options(self) -> dict[str, float]:
@@ -111,6 +131,8 @@ class DiTSpec(_Section):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    paging: PagingSpec = Field(default_factory=lambda: PagingSpec(page_kb=64),
+                               description="platform: how the weights and AdamW states move between PS and worker")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DiTSpec":

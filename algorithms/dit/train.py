@@ -1,9 +1,9 @@
-"""The DiT training loop, the same in one process (torch.optim.AdamW) and on the platform (the optimizer on the PS):
-only the object whose ``zero_grad``/``step`` it calls differs.
+"""The DiT training loop, the same in one process and on the platform: only the :class:`Trainer` it hands each
+step's loss to differs (``reference.LocalTrainer``: torch.optim.AdamW; ``job.PagedTrainer``: the paged step
+runtime, weights and AdamW states on the PS).
 
-    run = TrainingRun.build(spec, rank=0)                # data, tokenizer, model, objective from a DiTSpec
-    optimizer = torch.optim.AdamW(run.model.parameters(), lr=spec.training.lr, weight_decay=0.0)
-    run.train(optimizer, on_step=lambda step, loss, seconds: ...)
+    run = TrainingRun.build(spec)                        # data, tokenizer, model, objective, EMA from a DiTSpec
+    run.train(LocalTrainer(run), on_step=lambda step, loss, seconds: ...)
     images = run.sample(run.ema.model, captions)
 """
 
@@ -40,19 +40,17 @@ class CaptionedData(Protocol):
     def vocabulary(self) -> list[str]: ...
 
 
-class Stepper(Protocol):
-    """torch.optim.Optimizer, or the platform's optimizer front (``worker.torch_modules.PSOptimizer``)."""
+class Trainer(Protocol):
+    """Runs one optimizer step around a loss (``loss()`` builds the graph) and keeps the EMA weights current."""
 
-    def zero_grad(self) -> None: ...
-
-    def step(self) -> None: ...
+    def step(self, step: int, loss: Callable[[], Tensor]) -> float: ...
 
 
 def open_data(spec: DataSpec) -> CaptionedData:
     if spec.kind == "digits":
-        return DigitImages(DigitGlyphs.load(), spec.canvas)
+        return DigitImages(DigitGlyphs.load(spec.glyph), spec.canvas)
     if spec.kind == "digit_videos":
-        return DigitVideos(DigitGlyphs.load(), spec.canvas, spec.frames)
+        return DigitVideos(DigitGlyphs.load(spec.glyph), spec.canvas, spec.frames)
     return ImageFolder.open(Path(spec.path or ""), spec.size)
 
 
@@ -69,17 +67,20 @@ class TrainingRun:
     tokenizer: CaptionTokenizer
     model: PatchDiT
     objective: FlowMatching | VPrediction
-    ema: EMA
+    ema: EMA | None  # None on a platform worker that does not sample (only rank 0 keeps it)
     rank: int = 0
 
     @classmethod
-    def build(cls, spec: DiTSpec, rank: int = 0) -> "TrainingRun":
-        """Every rank builds identical initial weights (seeded by training.seed); data draws differ by rank."""
+    def build(cls, spec: DiTSpec, rank: int = 0, device: str = "cpu", ema: bool = True) -> "TrainingRun":
+        """Every rank builds identical initial weights (seeded by training.seed); data draws differ by rank. On
+        device "meta" the model has shapes only (its weights live on the PS) and no EMA."""
         data = open_data(spec.data)
         tokenizer = CaptionTokenizer.from_captions(data.vocabulary(), spec.data.max_caption_tokens)
         torch.manual_seed(spec.training.seed)
-        model = build_model(spec.model.config(spec.data.max_caption_tokens), tokenizer.vocab_size)
-        return cls(spec, data, tokenizer, model, spec.objective.build(), EMA(model, spec.training.ema_decay), rank)
+        model = build_model(spec.model.config(spec.data.max_caption_tokens), tokenizer.vocab_size, device)
+        keep_ema = ema and device != "meta"
+        return cls(spec, data, tokenizer, model, spec.objective.build(),
+                   EMA(model, spec.training.ema_decay) if keep_ema else None, rank)
 
     @property
     def null_ids(self) -> Tensor:
@@ -91,7 +92,7 @@ class TrainingRun:
         """Patch tokens of one image or clip (caption tokens not counted)."""
         return math.prod(s // p for s, p in zip(self.data.sample_shape[1:], self.model.config.patch))
 
-    def train(self, optimizer: Stepper, start_step: int = 0, on_step: StepCallback | None = None) -> float:
+    def train(self, trainer: Trainer, start_step: int = 0, on_step: StepCallback | None = None) -> float:
         """Steps start_step .. training.steps - 1; returns the mean loss of the last 10% of them."""
         t = self.spec.training
         rng = np.random.default_rng([t.seed, self.rank, start_step])
@@ -103,12 +104,8 @@ class TrainingRun:
             started = time.perf_counter()
             pixels, captions = self.data.batch(rng, t.batch_size)
             ids = drop_captions(self.tokenizer.encode(captions), null, t.cond_drop, generator)
-            loss = self.objective.loss(self.model, torch.from_numpy(pixels), ids, generator)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            self.ema.update(self.model)
-            losses.append(loss.item())
+            x0 = torch.from_numpy(pixels)
+            losses.append(trainer.step(step, lambda: self.objective.loss(self.model, x0, ids, generator)))
             if on_step is not None:
                 on_step(step, losses[-1], time.perf_counter() - started)
         tail = losses[-max(1, len(losses) // 10):]
