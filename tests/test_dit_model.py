@@ -212,3 +212,34 @@ def test_ema_moves_towards_the_weights_by_one_minus_the_warmed_up_decay():
         ema.update(model)
     assert ema.current_decay() == 0.99 and torch.allclose(ema.model.weight, torch.full((1, 2), 3.0))
     assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_an_update_from_named_weights_stands_for_its_steps():
+    model = torch.nn.Linear(2, 1)
+    ema = EMA(model, decay=0.9)
+    ema.updates = 1000  # past the warm-up: the decay is 0.9
+    start = ema.model.weight.clone()
+    target = {"weight": torch.full((1, 2), 5.0), "bias": torch.zeros(1)}
+    ema.update_from(target.items(), steps=3)
+    assert torch.allclose(ema.model.weight, 0.9 ** 3 * start + (1 - 0.9 ** 3) * 5.0)
+    assert ema.updates == 1003
+
+
+@pytest.mark.parametrize("preset", ["hydit-t/4", "hyvideo-t/4"])
+def test_paged_units_hold_every_parameter_once_and_run_in_the_listed_order(preset):
+    model = build_model(model_config(preset, **TINY), vocab_size=20)
+    units = model.paged_units()
+    owned = [id(p) for unit in units for p in unit.parameters()]
+    assert sorted(owned) == sorted(id(p) for p in model.parameters()) and len(set(owned)) == len(owned)
+    ran: list[int] = []
+    for unit in units:
+        unit.register_forward_pre_hook(lambda module, _args: ran.append(id(module)))
+    model(torch.randn(1, 3, 16, 16), torch.tensor([500.0]), torch.tensor([[2, 5, 6, 0, 0, 0]]))
+    assert ran == [id(unit) for unit in units]  # the runtime's trace follows this order; each unit runs once
+
+
+def test_a_meta_model_has_the_shapes_and_no_storage():
+    config = model_config("hydit-t/4", **TINY)
+    meta, real = build_model(config, 20, device="meta"), build_model(config, 20)
+    assert all(p.is_meta for p in meta.parameters())
+    assert [(n, p.shape) for n, p in meta.named_parameters()] == [(n, p.shape) for n, p in real.named_parameters()]
