@@ -51,12 +51,12 @@ from safetensors.torch import load_file, save_file
 
 from common import print_figures
 from e2e import run_platform, span_rate
-from seraphim.algorithms.dit.digits import DigitGlyphs, DigitImages, DigitVideos
+from seraphim.algorithms.dit.digits import DigitImages, DigitVideos
 from seraphim.algorithms.dit.evaluate import AttributeClassifier, classifier_for, score_generator, train_classifier
 from seraphim.algorithms.dit.media import clips_gif, grid_png
 from seraphim.algorithms.dit.reference import train_in_process
 from seraphim.algorithms.dit.spec import DiTSpec
-from seraphim.algorithms.dit.train import TrainingRun
+from seraphim.algorithms.dit.train import TrainingRun, open_data
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLING_STEPS = (10, 25, 50)
@@ -140,8 +140,11 @@ def classifier_path(out: Path, video: bool) -> Path:
 
 
 def digits_data(video: bool) -> DigitImages | DigitVideos:
-    glyphs = DigitGlyphs.load()
-    return DigitVideos(glyphs) if video else DigitImages(glyphs)
+    """The data of the example the models train on (its canvas, glyph size and frames)."""
+    data = open_data(DiTSpec.model_validate(example("dit_video" if video else "dit_image")["train"]).data)
+    if not isinstance(data, (DigitImages, DigitVideos)):
+        raise TypeError("the examples train on digits data")
+    return data
 
 
 def fit_classifier(video: bool, steps: int, out: Path) -> dict[str, float]:

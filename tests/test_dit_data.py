@@ -56,6 +56,19 @@ def test_image_captions_state_what_the_pixels_show(glyphs):
     assert (thick_ink[thin] > ink.sum((1, 2))[thin]).all()  # thickening adds ink to every glyph
 
 
+def test_one_channel_images_ink_against_their_background_and_name_no_colour():
+    images = DigitImages(DigitGlyphs.load(16), colours=False)
+    attrs = images.sample_attributes(np.random.default_rng(4), 200, "train")
+    pixels, captions = images.render(attrs), images.captions(attrs)
+    assert pixels.shape == (200, 1, 32, 32) and images.sample_shape == (1, 32, 32)
+    assert not any(word in c.split() for c in captions for word in COLOURS) and "colour" not in images.FACTS
+    light = attrs.background == BACKGROUNDS.index("light")
+    assert np.array_equal(np.median(pixels, axis=(1, 2, 3)) > 0, light)  # the ground fills most of the canvas
+    extreme = np.where(light, pixels.min(axis=(1, 2, 3)), -pixels.max(axis=(1, 2, 3)))
+    assert (extreme < -0.5).all()  # dark ink on the light ground, light ink on the dark one
+    assert (attrs.jitter_y == 0).all() and (attrs.jitter_x == 0).all()  # a 16-pixel glyph fills its quadrant
+
+
 def test_the_generator_is_deterministic_given_a_seed(glyphs):
     images, videos = DigitImages(glyphs), DigitVideos(glyphs)
     for data in (images, videos):

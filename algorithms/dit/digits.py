@@ -42,7 +42,7 @@ DIRECTIONS = ("right", "left", "down", "up")
 DIRECTION_STEP = np.array([[0, 1], [0, -1], [1, 0], [-1, 0]], dtype=np.int64)
 SPEEDS = ("slowly", "quickly")
 SPEED_PIXELS = np.array([1, 2], dtype=np.int64)
-VIDEO_GREY = np.array([0.08, 0.95], dtype=np.float32)  #: background and glyph intensity of the clips
+GREY = np.array([0.08, 0.95], dtype=np.float32)  #: dark and light intensity of one-channel images and clips
 HELDOUT_FRACTION = 0.2
 
 
@@ -138,14 +138,17 @@ class ImageAttributes:
 
 
 class DigitImages:
-    """Captioned images: one glyph per canvas, in a quadrant, coloured; see the module docstring."""
+    """Captioned images: one glyph per canvas, in a quadrant, coloured (or, with ``colours=False``, one channel: ink
+    light on the dark background and dark on the light one, and no colour word); see the module docstring."""
 
     #: the attributes a caption states, each with its vocabulary, in the order the evaluation reports them
     FACTS = {"digit": tuple(str(d) for d in range(10)), "position": POSITIONS, "colour": COLOURS,
              "background": BACKGROUNDS, "thickness": THICKNESS}
 
-    def __init__(self, glyphs: DigitGlyphs, canvas: int = 32) -> None:
-        self.glyphs, self.canvas = glyphs, canvas
+    def __init__(self, glyphs: DigitGlyphs, canvas: int = 32, colours: bool = True) -> None:
+        self.glyphs, self.canvas, self.colours = glyphs, canvas, colours
+        if not colours:
+            self.FACTS = {k: v for k, v in DigitImages.FACTS.items() if k != "colour"}
         self.quadrant = canvas // 2
         if self.quadrant < glyphs.size:
             raise DiTInputError(f"DigitImages: a {canvas}-pixel canvas has {self.quadrant}-pixel quadrants, smaller "
@@ -153,7 +156,7 @@ class DigitImages:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return 3, self.canvas, self.canvas
+        return 3 if self.colours else 1, self.canvas, self.canvas
 
     def sample_attributes(self, rng: np.random.Generator, n: int, split: Split = "train") -> ImageAttributes:
         glyph = self.glyphs.draw(rng, n, split)
@@ -180,14 +183,19 @@ class DigitImages:
         return self.render(a), self.captions(a)
 
     def render(self, a: ImageAttributes) -> np.ndarray:
-        """[B, 3, canvas, canvas] float32 in [-1, 1]."""
+        """[B, C, canvas, canvas] float32 in [-1, 1] (C: 3, or 1 without colours)."""
         top = (a.position // 2) * self.quadrant + a.jitter_y
         left = (a.position % 2) * self.quadrant + a.jitter_x
         alpha = place(self.glyphs.alpha[a.thickness, a.glyph], top, left, self.canvas)
+        if not self.colours:
+            ground = GREY[a.background][:, None, None]  # dark: light ink; light: dark ink
+            ink = GREY[1 - a.background][:, None, None]
+            return (2.0 * (ground + (ink - ground) * alpha) - 1.0)[:, None].astype(np.float32)
         return colourise(alpha, a.colour, a.background)
 
     def captions(self, a: ImageAttributes) -> list[str]:
-        words = ("a ", _words(THICKNESS, a.thickness), " ", _words(COLOURS, a.colour), " ", a.digit.astype(str),
+        colour = (_words(COLOURS, a.colour), " ") if self.colours else ()
+        words = ("a ", _words(THICKNESS, a.thickness), " ", *colour, a.digit.astype(str),
                  " in the ", _words(POSITIONS, a.position), " on a ", _words(BACKGROUNDS, a.background),
                  " background")
         return list(_concat(words, len(a)))
@@ -275,7 +283,7 @@ class DigitVideos:
         left = (a.start_x[:, None] + a.velocity[:, None, 1] * frame).reshape(-1)
         alpha = place(np.repeat(self.glyphs.alpha[0, a.glyph], t, axis=0), top, left, self.canvas)
         alpha = alpha.reshape(b, t, self.canvas, self.canvas)
-        background, glyph = VIDEO_GREY
+        background, glyph = GREY
         return (2.0 * (background + (glyph - background) * alpha[:, None]) - 1.0).astype(np.float32)
 
     def captions(self, a: VideoAttributes) -> list[str]:

@@ -38,6 +38,7 @@ class DataSpec(_Section):
     canvas: int = Field(32, ge=8, description="digits: canvas side in pixels")
     glyph: int = Field(16, ge=4, description="digits: glyph side in pixels (16 on a 32 canvas: one glyph fills a "
                                              "quadrant, 4x4 patches exactly)")
+    colours: bool = Field(True, description="digits: RGB glyphs with a colour word; false: one channel, no colour")
     frames: int = Field(8, ge=2, description="digit_videos: frames per clip")
     path: str | None = Field(None, description="image_folder: a folder of images with metadata.jsonl or .csv")
     size: int = Field(32, ge=8, description="image_folder: images are centre-cropped and resized to size x size")
@@ -51,6 +52,11 @@ class DataSpec(_Section):
         return self
 
     @property
+    def channels(self) -> int:
+        """1 for one-channel digits and clips, 3 for RGB digits and image folders."""
+        return 1 if self.kind == "digit_videos" or (self.kind == "digits" and not self.colours) else 3
+
+    @property
     def axes(self) -> int:
         """2 for images, 3 for clips."""
         return 3 if self.kind == "digit_videos" else 2
@@ -60,8 +66,10 @@ class ModelSpec(_Section):
     preset: str = "hydit-t/4"
     overrides: dict[str, Any] = Field(default_factory=dict, description="DiTConfig fields replacing the preset's")
 
-    def config(self, max_text_len: int) -> DiTConfig:
-        return model_config(self.preset, **{"max_text_len": max_text_len, **self.overrides})
+    def config(self, data: DataSpec) -> DiTConfig:
+        """The preset with the overrides; the caption length and the channels follow the data."""
+        return model_config(self.preset, **{"max_text_len": data.max_caption_tokens, "channels": data.channels,
+                                            **self.overrides})
 
 
 class ObjectiveSpec(_Section):
@@ -141,7 +149,7 @@ class DiTSpec(_Section):
             allowed = sorted(name for name, (kind, _) in SAMPLERS.items() if kind == self.objective.kind)
             raise ValueError(f"sampling.sampler {self.sampling.sampler!r} integrates {wanted}, not "
                              f"{self.objective.kind}; use one of {allowed}")
-        patch = self.model.config(self.data.max_caption_tokens).patch
+        patch = self.model.config(self.data).patch
         if len(patch) != self.data.axes:
             raise ValueError(f"model patch {patch} has {len(patch)} axes but data.kind {self.data.kind!r} has "
                              f"{self.data.axes} (images: (p, p); clips: (p_t, p, p))")

@@ -48,7 +48,7 @@ class Trainer(Protocol):
 
 def open_data(spec: DataSpec) -> CaptionedData:
     if spec.kind == "digits":
-        return DigitImages(DigitGlyphs.load(spec.glyph), spec.canvas)
+        return DigitImages(DigitGlyphs.load(spec.glyph), spec.canvas, spec.colours)
     if spec.kind == "digit_videos":
         return DigitVideos(DigitGlyphs.load(spec.glyph), spec.canvas, spec.frames)
     return ImageFolder.open(Path(spec.path or ""), spec.size)
@@ -77,7 +77,7 @@ class TrainingRun:
         data = open_data(spec.data)
         tokenizer = CaptionTokenizer.from_captions(data.vocabulary(), spec.data.max_caption_tokens)
         torch.manual_seed(spec.training.seed)
-        model = build_model(spec.model.config(spec.data.max_caption_tokens), tokenizer.vocab_size, device)
+        model = build_model(spec.model.config(spec.data), tokenizer.vocab_size, device)
         keep_ema = ema and device != "meta"
         return cls(spec, data, tokenizer, model, spec.objective.build(),
                    EMA(model, spec.training.ema_decay) if keep_ema else None, rank)
