@@ -21,6 +21,7 @@ from seraphim.worker.client import PSClient
 #: algorithm name -> module that registers it
 ALGORITHM_MODULES: dict[str, str] = {
     "ctr": "seraphim.algorithms.ctr.job",
+    "dit": "seraphim.algorithms.dit.job",
     "gnn.gamlp": "seraphim.algorithms.gnn.job",
     "gnn.pasca": "seraphim.algorithms.gnn.search",
     "vfl.blindfl": "seraphim.algorithms.vfl.job",

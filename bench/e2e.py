@@ -169,11 +169,13 @@ def run_job(job: dict[str, Any], runs_dir: Path) -> tuple[Path, float]:
     return run_dir, wall
 
 
-def run_platform(job: dict[str, Any], workers: int, runs_dir: Path, warmup: int, tag: str) -> Throughput:
+def run_platform(job: dict[str, Any], workers: int, runs_dir: Path, warmup: int, tag: str,
+                 steps: int | None = None) -> Throughput:
     """Run the job with `workers` workers through ``seraphim run`` and measure it from the workers' metrics;
-    tag makes the run's name (and so its directory under runs_dir) unique."""
+    tag makes the run's name (and so its directory under runs_dir) unique. `steps` is each worker's step count
+    (default: the CTR spec's ``train.steps``)."""
     job = {**job, "name": f"{job['name']}-e2e-{workers}w-{tag}", "cluster": {**job["cluster"], "workers": workers}}
-    steps = job["train"]["steps"]
+    steps = job["train"]["steps"] if steps is None else steps
     run_dir, wall = run_job(job, runs_dir)
     rates = [span_rate(read_step_seconds(run_dir / "metrics" / f"worker-{r}.csv"), warmup, steps - 2,
                        f"{run_dir}/metrics/worker-{r}.csv") for r in range(workers)]

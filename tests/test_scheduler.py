@@ -110,8 +110,9 @@ def test_run_leaves_metrics_plot_checkpoints_and_logs(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("name: x\nalgorithm: ctr\ncluster: {ps: 0}\n", "cluster.ps: Input should be greater than or equal to 1 (got 0)"),
-    ("name: x\nalgorithm: nope\n", "algorithm: unknown algorithm 'nope'; known: ['beamvq', 'ctr', 'gnn.gamlp', 'gnn.pasca', "
-                                   "'lm.moe', 'lm.transformer', 'lr_scaling.sweep', 'lr_scaling.trial', 'vfl.blindfl']"),
+    ("name: x\nalgorithm: nope\n", "algorithm: unknown algorithm 'nope'; known: ['beamvq', 'ctr', 'dit', 'gnn.gamlp', "
+                                   "'gnn.pasca', 'lm.moe', 'lm.transformer', 'lr_scaling.sweep', 'lr_scaling.trial', "
+                                   "'vfl.blindfl']"),
     ("name: x\n", "algorithm: Field required"),
     ("name: Bad_Name\nalgorithm: ctr\n", "name: String should match pattern"),
     ("name: x\nalgorithm: ctr\ntrain: {model: svm}\n", "train.model: Input should be 'lr' or 'wide_deep' (got 'svm')"),
