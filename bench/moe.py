@@ -168,6 +168,7 @@ def pull_study(data: TokenData, vocab: int, root: Path, steps: int) -> dict[str,
 def platform_study(vocab: int, root: Path, steps: int, reference_tps: float) -> dict[str, float]:
     figures: dict[str, float] = {}
     job = yaml.safe_load((REPO / "examples" / "moe.yaml").read_text())
+    (root / "runs").mkdir(parents=True, exist_ok=True)
     job["storage"]["dir"] = str(root / "runs")
     job["train"].update(steps=steps, eval_every=steps + 1, eval_batches=2, generate={"prompts": ["def"],
                                                                                       "max_new_tokens": 4})
