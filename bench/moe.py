@@ -173,7 +173,7 @@ def platform_study(vocab: int, root: Path, steps: int, reference_tps: float) -> 
     job["train"].update(steps=steps, eval_every=steps + 1, eval_batches=2, generate={"prompts": ["def"],
                                                                                       "max_new_tokens": 4})
     for placement in ("ps", "all_to_all"):
-        run = {**job, "name": f"moe-bench-{placement}",
+        run = {**job, "name": f"moe-bench-{placement.replace('_', '-')}",
                "train": {**job["train"], "experts": {**job["train"]["experts"], "placement": placement}}}
         run_dir, wall = run_job(run, root / "runs")
         results = [json.loads((run_dir / "results" / f"worker-{r}.json").read_text()) for r in (0, 1)]
