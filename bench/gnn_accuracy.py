@@ -98,7 +98,7 @@ from seraphim.algorithms.gnn.graph_io import GraphData, convert_ogb, csr_from_ed
 from seraphim.algorithms.gnn.job import GNNSpec, build_model
 from seraphim.algorithms.gnn.operators import LaplacianOp
 from seraphim.algorithms.gnn.train import (
-    InMemoryHops, RLUConfig, Split, StageResult, TrainConfig, fit, graph_label_propagator,
+    InMemoryHops, RLUConfig, Split, StageResult, TrainConfig, accuracy, fit, graph_label_propagator, predict,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,9 +216,11 @@ def model_settings(example_train: dict[str, Any], override: dict[str, dict[str, 
 
 
 def in_memory_runs(spec: GNNSpec, data: GraphData, hops: dict[tuple[int, float], InMemoryHops],
-                   seeds: range) -> tuple[list[float], list[float]]:
-    """Test accuracies and training seconds of the spec's model for each seed, trained in this process on hop
-    matrices computed here (``hops`` caches them by (K, r))."""
+                   seeds: range) -> tuple[list[float], list[float], list[float]]:
+    """Test accuracies, training seconds and the best test accuracy of any evaluated epoch (the figure a run
+    reports when its epoch is chosen on the test set; its evaluations are not counted in the seconds) of the
+    spec's model for each seed, trained in this process on hop matrices computed here (``hops`` caches them by
+    (K, r))."""
     p = spec.propagation
     key = (p.hops, p.r)
     if key not in hops:
@@ -226,15 +228,29 @@ def in_memory_runs(spec: GNNSpec, data: GraphData, hops: dict[tuple[int, float],
         hops[key] = InMemoryHops(LaplacianOp(p.hops, p.r)(graph, np.asarray(data.features)))
     split = Split(np.asarray(data.train_idx), np.asarray(data.valid_idx), np.asarray(data.test_idx))
     labels, dim = np.asarray(data.labels), data.features.shape[1]
-    accs, seconds = [], []
+    accs, seconds, chosen_on_test = [], [], []
     for seed in seeds:
         config = TrainConfig(**{**spec.training.model_dump(exclude={"hop_cache_mb"}), "seed": seed})
+        built: list[torch.nn.Module] = []
+        test_by_epoch: list[float] = []
+        peek_s = 0.0
+
+        def build(stage: int) -> torch.nn.Module:
+            built.append(build_model(spec, dim, data.num_classes))
+            return built[-1]
+
+        def peek(epoch: int, valid_acc: float) -> None:
+            nonlocal peek_s
+            begin = time.perf_counter()
+            test_by_epoch.append(accuracy(predict(built[-1], hops[key], split.test), labels[split.test]))
+            peek_s += time.perf_counter() - begin
+
         start = time.perf_counter()
-        result = fit(lambda stage: build_model(spec, dim, data.num_classes), hops[key], labels, split,
-                     data.num_classes, config)[-1]
-        seconds.append(time.perf_counter() - start)
+        result = fit(build, hops[key], labels, split, data.num_classes, config, on_eval=peek)[-1]
+        seconds.append(time.perf_counter() - start - peek_s)
         accs.append(result.test_acc)
-    return accs, seconds
+        chosen_on_test.append(max(test_by_epoch))
+    return accs, seconds, chosen_on_test
 
 
 def warm_up_adam() -> None:
@@ -267,14 +283,16 @@ def planetoid_main(args: argparse.Namespace) -> None:
         warm_up_adam()
         for name in chosen:
             spec = model_settings(example["train"], PLANETOID_OVERRIDES[args.data][name])
-            accs, seconds[name] = in_memory_runs(spec, data, hops, range(args.seeds))
+            accs, seconds[name], on_test = in_memory_runs(spec, data, hops, range(args.seeds))
             mean, sd = 100 * statistics.fmean(accs), 100 * (statistics.stdev(accs) if len(accs) > 1 else 0.0)
+            peeked = 100 * statistics.fmean(on_test)
             pub_mean, pub_sd = PUBLISHED[args.data][name]
             print(f"{name:9s} test {mean:6.2f} ± {sd:4.2f}  published {pub_mean}"
                   + (f" ± {pub_sd}" if pub_sd is not None else "")
-                  + f"  ({statistics.fmean(seconds[name]):.1f} s/seed)  per seed: "
+                  + f"  epoch chosen on test {peeked:6.2f}  ({statistics.fmean(seconds[name]):.1f} s/seed)  per seed: "
                   + " ".join(f"{100 * a:.1f}" for a in accs), flush=True)
-            figures.update({f"test_{name}_mean": mean, f"test_{name}_std": sd, f"published_{name}_mean": pub_mean})
+            figures.update({f"test_{name}_mean": mean, f"test_{name}_std": sd, f"published_{name}_mean": pub_mean,
+                            f"test_{name}_chosen_on_test_mean": peeked})
         if "gamlp_r" in seconds and not args.skip_job:
             job = {**example, "name": f"{example['name']}-bench",
                    "train": {**example["train"], "graph": {"ogb": str(source)}}}
