@@ -61,11 +61,11 @@ GAMLP-R, 200 full-batch epochs in a plain loop (other seeds), the test accuracy 
 
 So SGC's gap was its selection protocol, SIGN's and GAMLP's batch norm (on 140 labelled nodes its batch statistics
 are noise), SIGN's per-hop projections and, for GAMLP-JK, full-batch training: in GBP's mini-batches of 16 it
-reaches 83.0 ± 0.9 on Cora (published 84.3 ± 0.8) and 71.7 ± 1.1 on CiteSeer (74.6 ± 0.4). With the authors' settings
-SGC and SIGN land on their published figures (Cora 81.0 ± 0.04 vs 81.0; 82.3 ± 0.5 vs 82.1 ± 0.3). GAMLP-R does
-not: 82.4 ± 0.9 against 83.9 ± 0.6, and small batches do not move it. The preprocessing, normalization, split and
-training loop are the ones that reproduce SGC and SIGN; the model is the authors' (the recursion is tested against
-the paper's formula); every change in the authors' search space we tried stays within 82.5; an independent
+reaches 83.0 ± 0.9 on Cora (published 84.3 ± 0.8) and 71.7 ± 1.1 on CiteSeer (74.6 ± 0.4). With the authors'
+settings SGC and SIGN land on their published figures (Cora 81.0 ± 0.04 vs 81.0; 82.3 ± 0.5 vs 82.1 ± 0.3).
+GAMLP-R does not: 82.4 ± 0.9 against 83.9 ± 0.6, and small batches do not move it. The preprocessing, normalization,
+split and training loop are the ones that reproduce SGC and SIGN; the model is the authors' (the recursion is tested
+against the paper's formula); every change in the authors' search space we tried stays within 82.5; an independent
 plain-torch GAMLP-R on the same data gave 82.0.
 
 What is left is the selection protocol. The script behind GAMLP's Cora and CiteSeer figures is not published
