@@ -27,11 +27,13 @@ seeds (initialization and dropout; the split is fixed); the models' settings are
 * SGC (Tiiiger/SGC): K = 2, logistic regression, Adam lr 0.2 with its authors' tuned weight decay (Cora 1.30e-5,
   CiteSeer 2.35e-5), 100 (CiteSeer 150) full-batch epochs, the last epoch's weights.
 * SIGN, GAMLP-R, GAMLP-JK (PKU-DAIR/SGL's Cora scripts, the GAMLP authors' own library; no Cora settings are
-  published elsewhere, and they are used unchanged on CiteSeer): full batch, Adam lr 0.01, weight decay 5e-4
-  (GAMLP-JK 5e-6), 200 epochs, the best validation epoch's test accuracy. SIGN: the raw hops 0..6 concatenated into
-  a 2-layer MLP of width 64. GAMLP-R: recursive attention with a sigmoid score over the raw hops 0..6, a 2-layer
-  head of width 64. GAMLP-JK: JK attention over hops 0..12 (its reference a linear layer of width 32 over all hops),
-  a 2-layer head of width 32. No batch norm anywhere (SGL's MLP has none).
+  published elsewhere, and they are used unchanged on CiteSeer): Adam lr 0.01, weight decay 5e-4, the best
+  validation epoch's test accuracy; SIGN and GAMLP-R full batch for 200 epochs. SIGN: the raw hops 0..6
+  concatenated into a 2-layer MLP of width 64. GAMLP-R: recursive attention with a sigmoid score over the raw hops
+  0..6, a 2-layer head of width 64. GAMLP-JK: JK attention over hops 0..12 (its reference a linear layer of width 32
+  over all hops), a 2-layer head of width 32, trained as GBP's Cora script (chennnM/GBP ``transductive.sh``: GAMLP's
+  ``layer.py`` adapts GBP's code and its Table 2 prints GBP's figures): mini-batches of 16 training nodes, up to 1000
+  epochs, patience 40 on validation accuracy. No batch norm anywhere (SGL's MLP has none).
 
 What each difference from the settings the first ``seraphim run`` used was worth on Cora (test accuracy, 10 seeds,
 or 5 where marked; SGC 80.2, SIGN 78.8, GAMLP 79.1-79.5 at the time):
@@ -50,18 +52,35 @@ GAMLP-R, one change each from SGL's settings (5 seeds each): K = 10             
   + 3 RLU stages (own labels leak) / with 4 label folds                                 81.6 / 82.5
   50 epochs with patience 20 (the job's defaults)                                       81.8
 2 workers instead of 1 through ``seraphim run`` (seeds 0, 1)                            81.5, 81.0 -> 82.1, 81.3
+GAMLP-JK: full batch, 200 epochs, L2 5e-6 -> GBP's batches of 16, patience 40, L2 5e-4  82.0 ± 0.6 -> 83.0 ± 0.9
+  the same with L2 5e-6 (5 seeds) / CiteSeer, L2 5e-6 (5 seeds; full batch 69.5)        83.2 / 70.9
+GAMLP-R in GBP's batches of 16 / of 64 (5 seeds) / CiteSeer, batches of 16 (5 seeds)    82.3 / 82.0 / 71.3
+GAMLP-R, 200 full-batch epochs in a plain loop (other seeds), the test accuracy of the   81.4 / 81.0 / 80.0 / 83.3
+  epoch chosen by: the best validation accuracy / lowest validation loss / last / test
 =====================================================================================  ==========================
 
 So SGC's gap was its selection protocol, SIGN's and GAMLP's batch norm (on 140 labelled nodes its batch statistics
-are noise) and SIGN's per-hop projections. With the authors' settings SGC and SIGN land on their published figures
-(Cora 81.0 ± 0.04 vs 81.0; 82.3 ± 0.5 vs 82.1 ± 0.3). GAMLP does not: 82.4 ± 0.9 (R) and 82.0 ± 0.6 (JK) against
-83.9 ± 0.6 and 84.3 ± 0.8. The preprocessing, normalization, split and training loop are the ones that reproduce
-SGC and SIGN; the model is the authors' (the recursion is tested against the paper's formula); every change in the
-authors' search space we tried stays within 82.5; an independent plain-torch GAMLP-R on the same data gave 82.0.
-The published GAMLP figures are 1.5-2.3 points above what the authors' own published settings give here.
-On CiteSeer, with the same settings (10 seeds): SGC 71.8 ± 0.0 (published 71.9), SIGN 71.8 ± 0.5 (72.4 ± 0.8),
-GAMLP-R 71.3 ± 0.6 (73.9 ± 0.6), GAMLP-JK 69.5 ± 1.1 (74.6 ± 0.4): SGC and SIGN again within their spread, GAMLP
-2.6 and 5.1 points below; no CiteSeer settings of GAMLP's are published, and none were searched here.
+are noise), SIGN's per-hop projections and, for GAMLP-JK, full-batch training: in GBP's mini-batches of 16 it
+reaches 83.0 ± 0.9 on Cora (published 84.3 ± 0.8) and 71.7 ± 1.1 on CiteSeer (74.6 ± 0.4). With the authors'
+settings SGC and SIGN land on their published figures (Cora 81.0 ± 0.04 vs 81.0; 82.3 ± 0.5 vs 82.1 ± 0.3).
+GAMLP-R does not: 82.4 ± 0.9 against 83.9 ± 0.6, and small batches do not move it. The preprocessing, normalization,
+split and training loop are the ones that reproduce SGC and SIGN; the model is the authors' (the recursion is tested
+against the paper's formula); every change in the authors' search space we tried stays within 82.5; an independent
+plain-torch GAMLP-R on the same data gave 82.0.
+
+What is left is the selection protocol. The script behind GAMLP's Cora and CiteSeer figures is not published
+(PKU-DAIR/GAMLP and zwt233/Official-GAMLP run OGB, PPI, Reddit and Flickr; Official-GAMLP's ``load_citation`` in
+``load_dataset.py`` is called by nothing). The same group's published script for the same table (zwt233/NDLS,
+whose Table 2 GAMLP's copies figure for figure, GCN to GBP) keeps, in ``src/train.py`` lines 150-159, the best
+*test* accuracy over its post-processing steps, and Official-GAMLP's ``ppi/ppi.py`` (lines 504-510) prints the
+test accuracy of the ten lowest validation losses to pick from. With the epoch chosen on the test set
+(``test_<model>_chosen_on_test_mean``, from the same runs, 10 seeds) Cora gives GAMLP-R 83.4 (published
+83.9 ± 0.6) and GAMLP-JK 84.2 (84.3 ± 0.8), about a point above what the validation set chooses (SGC, whose protocol
+has no choice, 81.2 against 81.0): the published GAMLP figures sit where this model lands when the test set chooses.
+On CiteSeer (10 seeds): SGC 71.8 ± 0.0 (published 71.9), SIGN 71.8 ± 0.5 (72.4 ± 0.8), GAMLP-R 71.3 ± 0.6
+(73.9 ± 0.6; 72.2 chosen on test), GAMLP-JK 71.7 ± 1.1 (74.6 ± 0.4; 72.8 chosen on test): not closed there. No
+CiteSeer settings of GAMLP's are published and Cora's are used; GBP's CiteSeer script regularizes far harder
+(weight decay 0.2, batch norm, batches of 64), which was not tried here.
 
 The time figure: GAMLP-R through ``seraphim run`` (1 PS, 1 worker that holds its split's hop rows, model and Adam
 on the PS) trains the same batches as the in-process run of the same seed (the test accuracy comes out equal) in
@@ -98,7 +117,7 @@ from seraphim.algorithms.gnn.graph_io import GraphData, convert_ogb, csr_from_ed
 from seraphim.algorithms.gnn.job import GNNSpec, build_model
 from seraphim.algorithms.gnn.operators import LaplacianOp
 from seraphim.algorithms.gnn.train import (
-    InMemoryHops, RLUConfig, Split, StageResult, TrainConfig, fit, graph_label_propagator,
+    InMemoryHops, RLUConfig, Split, StageResult, TrainConfig, accuracy, fit, graph_label_propagator, predict,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,7 +203,7 @@ PLANETOID_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                      "model": {"kind": "gamlp", "options": {"attention": "jk", "hidden": 32, "hop_layers": 0,
                                                              "jk_layers": 1, "out_layers": 2, "act": "sigmoid",
                                                              "dropout": 0.5, "batch_norm": False}},
-                     "training": {"weight_decay": 5e-6}},
+                     "training": {"batch_size": 16, "epochs": 1000, "patience": 40}},
         "gamlp_r": {},
     }
     for data, sgc_epochs, sgc_wd in (("cora", 100, 1.3027e-5), ("citeseer", 150, 2.3546e-5))
@@ -216,9 +235,11 @@ def model_settings(example_train: dict[str, Any], override: dict[str, dict[str, 
 
 
 def in_memory_runs(spec: GNNSpec, data: GraphData, hops: dict[tuple[int, float], InMemoryHops],
-                   seeds: range) -> tuple[list[float], list[float]]:
-    """Test accuracies and training seconds of the spec's model for each seed, trained in this process on hop
-    matrices computed here (``hops`` caches them by (K, r))."""
+                   seeds: range) -> tuple[list[float], list[float], list[float]]:
+    """Test accuracies, training seconds and the best test accuracy of any evaluated epoch (the figure a run
+    reports when its epoch is chosen on the test set; its evaluations are not counted in the seconds) of the
+    spec's model for each seed, trained in this process on hop matrices computed here (``hops`` caches them by
+    (K, r))."""
     p = spec.propagation
     key = (p.hops, p.r)
     if key not in hops:
@@ -226,15 +247,29 @@ def in_memory_runs(spec: GNNSpec, data: GraphData, hops: dict[tuple[int, float],
         hops[key] = InMemoryHops(LaplacianOp(p.hops, p.r)(graph, np.asarray(data.features)))
     split = Split(np.asarray(data.train_idx), np.asarray(data.valid_idx), np.asarray(data.test_idx))
     labels, dim = np.asarray(data.labels), data.features.shape[1]
-    accs, seconds = [], []
+    accs, seconds, chosen_on_test = [], [], []
     for seed in seeds:
         config = TrainConfig(**{**spec.training.model_dump(exclude={"hop_cache_mb"}), "seed": seed})
+        built: list[torch.nn.Module] = []
+        test_by_epoch: list[float] = []
+        peek_s = 0.0
+
+        def build(stage: int) -> torch.nn.Module:
+            built.append(build_model(spec, dim, data.num_classes))
+            return built[-1]
+
+        def peek(epoch: int, valid_acc: float) -> None:
+            nonlocal peek_s
+            begin = time.perf_counter()
+            test_by_epoch.append(accuracy(predict(built[-1], hops[key], split.test), labels[split.test]))
+            peek_s += time.perf_counter() - begin
+
         start = time.perf_counter()
-        result = fit(lambda stage: build_model(spec, dim, data.num_classes), hops[key], labels, split,
-                     data.num_classes, config)[-1]
-        seconds.append(time.perf_counter() - start)
+        result = fit(build, hops[key], labels, split, data.num_classes, config, on_eval=peek)[-1]
+        seconds.append(time.perf_counter() - start - peek_s)
         accs.append(result.test_acc)
-    return accs, seconds
+        chosen_on_test.append(max(test_by_epoch))
+    return accs, seconds, chosen_on_test
 
 
 def warm_up_adam() -> None:
@@ -267,14 +302,16 @@ def planetoid_main(args: argparse.Namespace) -> None:
         warm_up_adam()
         for name in chosen:
             spec = model_settings(example["train"], PLANETOID_OVERRIDES[args.data][name])
-            accs, seconds[name] = in_memory_runs(spec, data, hops, range(args.seeds))
+            accs, seconds[name], on_test = in_memory_runs(spec, data, hops, range(args.seeds))
             mean, sd = 100 * statistics.fmean(accs), 100 * (statistics.stdev(accs) if len(accs) > 1 else 0.0)
+            peeked = 100 * statistics.fmean(on_test)
             pub_mean, pub_sd = PUBLISHED[args.data][name]
             print(f"{name:9s} test {mean:6.2f} ± {sd:4.2f}  published {pub_mean}"
                   + (f" ± {pub_sd}" if pub_sd is not None else "")
-                  + f"  ({statistics.fmean(seconds[name]):.1f} s/seed)  per seed: "
+                  + f"  epoch chosen on test {peeked:6.2f}  ({statistics.fmean(seconds[name]):.1f} s/seed)  per seed: "
                   + " ".join(f"{100 * a:.1f}" for a in accs), flush=True)
-            figures.update({f"test_{name}_mean": mean, f"test_{name}_std": sd, f"published_{name}_mean": pub_mean})
+            figures.update({f"test_{name}_mean": mean, f"test_{name}_std": sd, f"published_{name}_mean": pub_mean,
+                            f"test_{name}_chosen_on_test_mean": peeked})
         if "gamlp_r" in seconds and not args.skip_job:
             job = {**example, "name": f"{example['name']}-bench",
                    "train": {**example["train"], "graph": {"ogb": str(source)}}}
