@@ -90,12 +90,12 @@ def train_in_process(config: MoEConfig, data: TokenData, steps: int, seed: int, 
 
 def routing_study(data: TokenData, vocab: int, steps: int, seeds: int) -> dict[str, float]:
     figures: dict[str, float] = {}
-    runs = {"dense": (bench_config(vocab).dense_equivalent(), "loss_dense_same_active")}
+    runs = {"dense": bench_config(vocab).dense_equivalent()}
     for cf in (1.0, 1.25):
         for recycle in (False, True):
             tag = f"{'recycle' if recycle else 'no_recycle'}_cf{cf:g}"
-            runs[tag] = (bench_config(vocab, capacity_factor=cf, recycle=recycle), tag)
-    for tag, (config, _) in runs.items():
+            runs[tag] = bench_config(vocab, capacity_factor=cf, recycle=recycle)
+    for tag, config in runs.items():
         results = [train_in_process(config, data, steps, seed) for seed in range(seeds)]
         losses = [r["val_loss"] for r in results]
         drops = [r["drop_rate"] for r in results]

@@ -404,7 +404,8 @@ class LMRun:
                 (loss / self.world).backward()
             ctx.ps.clock()
             elapsed = time.perf_counter() - started
-            local_grad_sq[step] = self.step_grad_sq(paged)
+            if self.world > 1:  # one worker has no smaller batch to set against the global one
+                local_grad_sq[step] = self.step_grad_sq(paged)
             report = paged.report()
             metrics = {"train_loss": loss.item(), "tokens_per_s": tokens / elapsed,
                        "pages_in_flight": report.pages_in_flight,
@@ -429,7 +430,7 @@ class LMRun:
                      tokens: int) -> dict[str, float]:
         """McCandlish's gradient noise scale in tokens from a finished version: this worker's gradient (its share of
         the batch: the pushed gradient of loss / W, times W) against the global sum the PS shards applied."""
-        if self.world < 2 or version not in local_grad_sq:
+        if version not in local_grad_sq:
             return {}
         global_sq = self.ctx.ps.applied_grad_sq(self.gradient_tables(), version)
         if global_sq is None:
