@@ -21,6 +21,7 @@ from pathlib import Path
 
 from seraphim.proto import scheduler_pb2
 from seraphim.proto.errors import FailedPrecondition, InvalidArgument, NotFound
+from seraphim.proto.rpc import split_address
 from seraphim.scheduler.job_spec import JobSpecError, JobSpec, parse_job_text
 from seraphim.scheduler.launchers import LAUNCHERS, LocalLauncher
 from seraphim.scheduler.cluster_metrics import ProcessMetrics
@@ -187,6 +188,10 @@ class Master:
             if job.state in TERMINAL:
                 raise FailedPrecondition(f"job {job.job_id} has ended ({STATE_NAME(job.state)}); nothing to join")
             node = self._node(job, req.role, req.rank)
+            port = split_address(req.address)[1] if req.address else 0
+            if req.address and not port:
+                raise InvalidArgument(f"{node.name} registered address {req.address!r} with port 0: register the "
+                                      f"port it serves on")
             attempt = node.attempt if job.launcher == "local" else (
                 node.attempt + (1 if node.state in ("WAITING", "LOST") else 0))
             fields = dict(pid=req.pid, host=req.host, last_heartbeat=time.time(), attempt=max(attempt, 1))
@@ -196,7 +201,7 @@ class Master:
                 fields["state"] = "STARTING"  # a PS asking for its settings; it registers its address next
             if req.address:
                 fields["address"] = req.address
-                fields["port"] = int(req.address.rsplit(":", 1)[1])
+                fields["port"] = port
             self.store.update_node(job.job_id, req.role, req.rank, **fields)
             if fields.get("state") == "RUNNING":
                 where = f" at {req.address}" if req.address else ""
