@@ -36,6 +36,15 @@ TERMINAL = (scheduler_pb2.SUCCEEDED, scheduler_pb2.FAILED, scheduler_pb2.CANCELL
 STATE_NAME = scheduler_pb2.JobState.Name
 
 
+#: Linux pids are below 2^22 (pid_max); anything from 2^31 on cannot reach os.kill, which takes a C int
+MAX_PID = 2**31 - 1
+
+
+def _check_pid(pid: int) -> None:
+    if not 0 <= pid <= MAX_PID:
+        raise InvalidArgument(f"pid {pid} is not a process id (0..{MAX_PID}; 0: not given)")
+
+
 class Master:
     """Jobs and their processes, persisted in a JobStore, watched by a monitor thread."""
 
@@ -188,6 +197,7 @@ class Master:
             if job.state in TERMINAL:
                 raise FailedPrecondition(f"job {job.job_id} has ended ({STATE_NAME(job.state)}); nothing to join")
             node = self._node(job, req.role, req.rank)
+            _check_pid(req.pid)
             port = split_address(req.address)[1] if req.address else 0
             if req.address and not port:
                 raise InvalidArgument(f"{node.name} registered address {req.address!r} with port 0: register the "
@@ -238,6 +248,7 @@ class Master:
         with self._lock:
             job = self.job(req.job_id)
             node = self._node(job, req.role, req.rank)
+            _check_pid(req.pid)
             replaced = bool(node.pid and req.pid and node.pid != req.pid and job.launcher == "local")
             if req.prometheus and not replaced:
                 self.process_metrics.update(job.job_id, req.role, req.rank, req.prometheus)

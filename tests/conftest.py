@@ -78,7 +78,9 @@ class SchedulerUnderTest(SchedulerProcess):
     def job_pids(self) -> list[int]:
         db = sqlite3.connect(self.data_dir / "scheduler.db")
         try:
-            return [pid for (pid,) in db.execute("SELECT pid FROM nodes WHERE pid > 0")]
+            # only the local launcher's processes: a manual job's pids are whatever its processes reported
+            return [pid for (pid,) in db.execute("SELECT pid FROM nodes JOIN jobs USING (job_id) "
+                                                 "WHERE pid > 0 AND launcher = 'local'")]
         finally:
             db.close()
 

@@ -34,7 +34,7 @@ from seraphim.worker.exchange import GrpcPartyChannel, fingerprint
 TOKEN = "fuzz-token"
 CALL_TIMEOUT_S = 10.0  # the client's deadline: a server that has not answered by then hangs
 STREAM_MESSAGES = 8    # a streamed answer is read this far
-FUZZ = settings(max_examples=40, deadline=3000, database=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=3000, database=None, suppress_health_check=[HealthCheck.too_slow])
 PRECISE_FAILURES = {c for c in grpc.StatusCode} - {grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN,
                                                     grpc.StatusCode.INTERNAL}
 CANARY = np.arange(12, dtype=np.float32).reshape(4, 3)
@@ -314,6 +314,16 @@ def scheduler_target(module_scheduler_factory, tmp_path_factory) -> Target:
 @pytest.mark.parametrize("method", [m.name for m in scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].methods])
 def test_scheduler_answers_fuzzed_requests_with_precise_statuses(scheduler_target, method):
     fuzz(scheduler_target, method)
+
+
+def test_logs_name_a_log_never_a_path(scheduler_target):
+    ended = scheduler_pb2.JobRef.FromString(scheduler_target.seeds["CancelJob"][0]).job_id
+    with make_channel(scheduler_target.address) as channel:
+        for source in ("../../scheduler", "/etc/passwd", "job\x00"):
+            request = scheduler_pb2.LogsRequest(job_id=ended, source=source).SerializeToString()
+            code, details = call_raw(channel, scheduler_target, "GetLogs", [request],
+                                     token_metadata(scheduler_target.token))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a log name" in details, (source, code, details)
 
 
 YAML_VALUES = st.recursive(st.one_of(st.none(), st.booleans(), INTS, FLOATS, st.text(max_size=12)),
