@@ -96,3 +96,19 @@ def init_torch_rpc(name: str, rank: int, world_size: int, port: int, timeout_s: 
     torch.set_num_threads(1)
     rpc.init_rpc(name, rank=rank, world_size=world_size, rpc_backend_options=rpc.TensorPipeRpcBackendOptions(
         init_method=f"tcp://127.0.0.1:{port}", rpc_timeout=timeout_s))
+
+
+_SHARD: TorchRpcPS | None = None  # the shard a PS process holds for every client of its group (hold_shard)
+
+
+def hold_shard(num_keys: int, dim: int, lr: float, init_std: float, seed: int) -> None:
+    """In a PS process, before it joins the group: make the one shard that all its clients share (shard_rref)."""
+    global _SHARD
+    _SHARD = TorchRpcPS(num_keys, dim, lr, init_std, seed)
+
+
+def shard_rref() -> rpc.RRef:
+    """Run by RPC on a PS process that called hold_shard: a reference to its shard, for a client's TorchRpcClient."""
+    if _SHARD is None:
+        raise RuntimeError("this process holds no shard: call hold_shard before joining the RPC group")
+    return rpc.RRef(_SHARD)
