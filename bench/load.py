@@ -12,7 +12,8 @@ Printed (``name: value``): ``p50_ms``, ``p99_ms``, ``p999_ms`` over every operat
 (``pull_p99_ms``, ``push_p999_ms``, ...), ``ops_per_s``, ``errors`` (failed operations; target 0), the PS memory
 (``ps_peak_rss_mb``: the larger shard's peak resident set, /proc VmHWM; ``ps_ram_budget_mb``; ``ps_rss_over_budget``:
 peak RSS / budget; ``ps_rss_growth_over_budget``: (peak RSS - RSS once every client has warmed up, kernels compiled
-and the table made) / budget, what the load added), the spill (``ps_table_mb`` rows held x row bytes, ``ps_lmdb_mb``, ``ps_hit_rate``), then the peer's figures
+and the table made) / budget, what the load added; ``ps_anon_mb``, ``ps_anon_growth_over_budget``: the same for
+anonymous memory only (RssAnon at the end), without the LMDB file pages the kernel maps in and may drop), the spill (``ps_table_mb`` rows held x row bytes, ``ps_lmdb_mb``, ``ps_hit_rate``), then the peer's figures
 prefixed ``torch_rpc_`` and the ratios ``*_vs_torch_rpc`` (Seraphim's latency over the peer's: below 1 is faster).
 
     python bench/load.py [--clients 4] [--seconds 20] [--ram-mb 8] [--num-keys 2000000] [--batch-size 1024]
@@ -218,10 +219,12 @@ def run_load(name: str, args: argparse.Namespace) -> dict[str, float]:
                 p.start()
             for _ in clients:
                 _wait_ready(ready, results, args.start_timeout_s)
-            idle = max(rss_bytes(pid, "VmRSS") for pid in ps_pids)  # warm: kernels compiled, the table made
+            # warm: kernels compiled, the table made
+            idle, idle_anon = ([max(rss_bytes(pid, field) for pid in ps_pids) for field in ("VmRSS", "RssAnon")])
             start.set()
             got = dict(results.get(timeout=args.seconds + args.start_timeout_s) for _ in clients)
             peak = max(rss_bytes(pid, "VmHWM") for pid in ps_pids)
+            anon = max(rss_bytes(pid, "RssAnon") for pid in ps_pids)
             store = system_.store_figures()
         finally:
             stop_processes(clients, join_timeout_s=60)
@@ -231,10 +234,12 @@ def run_load(name: str, args: argparse.Namespace) -> dict[str, float]:
     figures = latency_figures(list(got.values()), args.seconds)
     figures["ps_peak_rss_mb"] = peak / MiB
     figures["ps_idle_rss_mb"] = idle / MiB
+    figures["ps_anon_mb"] = anon / MiB
     if store:
         figures.update(store)
         figures["ps_rss_over_budget"] = peak / (store["ps_ram_budget_mb"] * MiB)
         figures["ps_rss_growth_over_budget"] = (peak - idle) / (store["ps_ram_budget_mb"] * MiB)
+        figures["ps_anon_growth_over_budget"] = (anon - idle_anon) / (store["ps_ram_budget_mb"] * MiB)
     errors = [r for r in got.values() if r.errors]
     if errors:
         print(f"# {name}: first error: {errors[0].first_error}", flush=True)
