@@ -7,8 +7,9 @@ script's directory and therefore on sys.path).
 from __future__ import annotations
 
 import math
+import socket
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -58,3 +59,25 @@ def print_figures(figures: dict[str, float]) -> None:
     """One ``name: value`` line per figure, in the order given, so a log is easy to grep and diff."""
     for name, value in figures.items():
         print(f"{name}: {value:.3f}" if abs(value) < 1000 else f"{name}: {value:.0f}", flush=True)
+
+
+def free_port() -> int:
+    """A loopback port free now (for a server that cannot report the port it bound, like torch's RPC store)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_processes(procs: list[Any], join_timeout_s: float = 20.0) -> None:
+    """Join each started multiprocessing process for a while, then terminate, then kill what is left."""
+    deadline = time.monotonic() + join_timeout_s
+    for p in procs:
+        if p.pid is not None:
+            p.join(max(0.1, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+            p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join()

@@ -46,13 +46,10 @@ import multiprocessing as mp
 import os
 import pstats
 import signal
-import socket
 import sys
 import tempfile
-import threading
 import time
 import traceback
-import warnings
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -65,7 +62,8 @@ import numpy as np
 import torch
 import torch.distributed.rpc as rpc
 
-from common import BoundedZipf, geometric_mean, print_figures, rates, time_each
+from common import BoundedZipf, free_port, geometric_mean, print_figures, rates, stop_processes, time_each
+from torch_rpc_ps import TorchRpcClient, TorchRpcPS, init_torch_rpc
 from seraphim.proto.partition import group_by_shard, sparse_shard_of
 from seraphim.proto.rpc import make_channel, make_server
 from seraphim.scheduler.local_cluster import LocalCluster, PSProcessSpec
@@ -77,7 +75,6 @@ LR, INIT_STD = 0.01, 0.01
 TARGET_VS_ECHO, TARGET_VS_TORCH = 0.7, 1.5
 SYSTEMS = ("seraphim", "grpc_echo", "grpc_echo_dedup", "torch_rpc")
 _SPAWN = mp.get_context("spawn")
-_JOIN_TIMEOUT_S = 20.0
 
 #: one measured operation of a system: run it on batches [lo, hi), return the seconds it took
 Op = Callable[[int, int], float]
@@ -263,97 +260,18 @@ def grpc_echo_system(work: Workload, args: argparse.Namespace, payloads: Payload
         for c in channels:
             c.close()
         stop.set()
-        _stop_processes(procs)
+        stop_processes(procs)
 
 
 # -- (b) a parameter server on torch.distributed.rpc ----------------------------------------------------------------
-class TorchRpcPS:
-    """One shard of the tutorial-style PS: rows in a preallocated tensor that doubles when full, a direct key ->
-    row tensor over the key space (vectorized, no dict), rows made on first touch, SGD by index_add_."""
-
-    def __init__(self, num_keys: int, dim: int, lr: float, init_std: float, seed: int) -> None:
-        self.row_of = torch.full((num_keys,), -1, dtype=torch.int64)
-        self.weights = torch.empty((1 << 16, dim))
-        self.num_rows = 0
-        self.lr, self.init_std = lr, init_std
-        self.gen = torch.Generator().manual_seed(seed)
-        self.lock = threading.Lock()
-
-    def _rows(self, keys: torch.Tensor) -> torch.Tensor:
-        rows = self.row_of[keys]
-        missing = rows < 0
-        if bool(missing.any()):
-            with self.lock:
-                fresh = torch.unique(keys[missing])
-                fresh = fresh[self.row_of[fresh] < 0]
-                start, end = self.num_rows, self.num_rows + len(fresh)
-                if end > len(self.weights):
-                    grown = torch.empty((max(end, 2 * len(self.weights)), self.weights.shape[1]))
-                    grown[:start] = self.weights[:start]
-                    self.weights = grown
-                self.weights[start:end].normal_(0.0, self.init_std, generator=self.gen)
-                self.row_of[fresh] = torch.arange(start, end)
-                self.num_rows = end
-            rows = self.row_of[keys]
-        return rows
-
-    def pull(self, keys: torch.Tensor) -> torch.Tensor:
-        rows = self._rows(keys)  # before reading self.weights: making rows may replace it with a larger tensor
-        return self.weights[rows]
-
-    def push(self, keys: torch.Tensor, grads: torch.Tensor) -> None:
-        rows = self._rows(keys)
-        self.weights.index_add_(0, rows, grads, alpha=-self.lr)
-
-
-class TorchRpcClient:
-    """The trainer side: hash-route keys as Seraphim does, rpc_async to both shards at once, tensors as args;
-    repeated keys travel as they are (the server's index_add_ sums them)."""
-
-    def __init__(self, shards: list[rpc.RRef], dim: int) -> None:
-        self.shards, self.dim = shards, dim
-
-    def _route(self, keys: np.ndarray) -> list[torch.Tensor]:
-        shard = torch.from_numpy(sparse_shard_of(keys, len(self.shards)))
-        return [shard == s for s in range(len(self.shards))]
-
-    def pull_async(self, keys: np.ndarray) -> tuple[list[torch.Tensor], list[torch.futures.Future]]:
-        masks, k = self._route(keys), torch.from_numpy(keys)
-        return masks, [ps.rpc_async().pull(k[m]) for ps, m in zip(self.shards, masks)]
-
-    def pull_wait(self, pending: tuple[list[torch.Tensor], list[torch.futures.Future]]) -> torch.Tensor:
-        masks, futures = pending
-        out = torch.empty((len(masks[0]), self.dim))
-        for m, f in zip(masks, futures):
-            out[m] = f.wait()
-        return out
-
-    def pull(self, keys: np.ndarray) -> torch.Tensor:
-        return self.pull_wait(self.pull_async(keys))
-
-    def push_async(self, keys: np.ndarray, grads: torch.Tensor) -> list[torch.futures.Future]:
-        masks, k = self._route(keys), torch.from_numpy(keys)
-        return [ps.rpc_async().push(k[m], grads[m]) for ps, m in zip(self.shards, masks)]
-
-    def push(self, keys: np.ndarray, grads: torch.Tensor) -> None:
-        torch.futures.wait_all(self.push_async(keys, grads))
-
-
-def _init_torch_rpc(name: str, rank: int, port: int) -> None:
-    warnings.filterwarnings("ignore", message="You are using a Backend", category=UserWarning)
-    torch.set_num_threads(1)  # 3 processes share the host: one intra-op thread each avoids oversubscription
-    rpc.init_rpc(name, rank=rank, world_size=NUM_SHARDS + 1, rpc_backend_options=rpc.TensorPipeRpcBackendOptions(
-        init_method=f"tcp://127.0.0.1:{port}", rpc_timeout=120))
-
-
 def _torch_ps_main(shard: int, port: int) -> None:
-    _init_torch_rpc(f"ps{shard}", shard + 1, port)
+    init_torch_rpc(f"ps{shard}", shard + 1, NUM_SHARDS + 1, port)
     rpc.shutdown()
 
 
 def _torch_trainer_main(port: int, work: Workload, num_keys: int, seed: int, depth: int, conn: Any) -> None:
     """Warm up, answer 'ready', then run (op, lo, hi) commands from the parent and answer their seconds."""
-    _init_torch_rpc("trainer", 0, port)
+    init_torch_rpc("trainer", 0, NUM_SHARDS + 1, port)
     try:
         shards = [rpc.remote(f"ps{s}", TorchRpcPS, args=(num_keys, work.dim, LR, INIT_STD, seed + s))
                   for s in range(NUM_SHARDS)]
@@ -382,7 +300,7 @@ def _torch_trainer_main(port: int, work: Workload, num_keys: int, seed: int, dep
 @contextmanager
 def torch_rpc_system(work: Workload, args: argparse.Namespace) -> Iterator[System]:
     """Trainer and 2 PS as spawned processes in one RPC group; the trainer runs the rounds this process asks for."""
-    port = _free_port()
+    port = free_port()
     conn, child_conn = _SPAWN.Pipe()
     procs = [_SPAWN.Process(target=_torch_ps_main, args=(s, port), name=f"torch-ps{s}", daemon=True)
              for s in range(NUM_SHARDS)]
@@ -413,7 +331,7 @@ def torch_rpc_system(work: Workload, args: argparse.Namespace) -> Iterator[Syste
     finally:
         if procs[-1].is_alive():
             conn.send(None)
-        _stop_processes(procs)
+        stop_processes(procs)
 
 
 # -- process plumbing and the report --------------------------------------------------------------------------------
@@ -429,12 +347,6 @@ def pad_malloc(mb: float) -> None:
         ctypes.CDLL(None).mallopt(M_TOP_PAD, pad)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _signal(pids: list[int], sig: int) -> None:
     """Pause (SIGSTOP) or resume (SIGCONT) processes; one that has already exited is skipped."""
     for pid in pids:
@@ -442,21 +354,6 @@ def _signal(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
-
-
-def _stop_processes(procs: list[Any]) -> None:
-    """Join each started process for a while, then terminate, then kill what is left."""
-    deadline = time.monotonic() + _JOIN_TIMEOUT_S
-    for p in procs:
-        if p.pid is not None:
-            p.join(max(0.1, deadline - time.monotonic()))
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-            p.join(5)
-        if p.is_alive():
-            p.kill()
-            p.join()
 
 
 DIRECTIONS = ("pull", "push", "pull_pipelined", "push_pipelined")

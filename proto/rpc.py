@@ -46,6 +46,15 @@ class TlsFiles:
             raise InvalidArgument(f"cannot read TLS {which} file {path!r}: {exc.strerror}") from exc
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` as (host, port); InvalidArgument naming the address when it is not one (port 0..65535, where
+    0 asks to pick a free port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidArgument(f"address {address!r} is not host:port (port 0..65535; 0 = pick a free one locally)")
+    return host, int(port)
+
+
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -126,6 +135,41 @@ class WireBytesInterceptor(grpc.ServerInterceptor):
                                 response_serializer=None if wire_reply else handler.response_serializer)
 
 
+class RequestParsingInterceptor(grpc.ServerInterceptor):
+    """Parses each request inside its handler, so that bytes which are not the method's request message get
+    INVALID_ARGUMENT naming the method; gRPC's own deserializer would answer a bare INTERNAL ("Exception
+    deserializing request!"), which reads as a server bug. Methods that read wire bytes themselves are left as
+    they are."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse, method = handler.request_deserializer, handler_call_details.method
+
+        def parsed(data: bytes, context: grpc.ServicerContext) -> Any:
+            try:
+                return parse(data)
+            except Exception as exc:  # protobuf's DecodeError has no stable import path
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{method}: the request ({len(data)} bytes) does not parse as its message: {exc}")
+
+        if handler.request_streaming:
+            kind = "stream_stream" if handler.response_streaming else "stream_unary"
+            behavior = getattr(handler, kind)
+
+            def run(requests: Iterable[bytes], context: grpc.ServicerContext) -> Any:
+                return behavior((parsed(r, context) for r in requests), context)
+        else:
+            kind = "unary_stream" if handler.response_streaming else "unary_unary"
+            behavior = getattr(handler, kind)
+
+            def run(request: bytes, context: grpc.ServicerContext) -> Any:
+                return behavior(parsed(request, context), context)
+
+        return handler._replace(request_deserializer=None, **{kind: run})
+
+
 def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
     if handler is None:
         return None
@@ -135,7 +179,8 @@ def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | N
                       "missing or wrong cluster token: pass the token of this cluster "
                       "(--token, --token-file or SERAPHIM_TOKEN)")
 
-    kw = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    # a refused request is never parsed: bytes that are not the method's message get UNAUTHENTICATED too
+    kw = dict(request_deserializer=None, response_serializer=handler.response_serializer)
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(deny, **kw)
     if handler.request_streaming:
@@ -157,7 +202,8 @@ def make_server(host: str, port: int, token: str | None = None, tls: TlsFiles | 
     if require_client_auth and (tls is None or not (tls.cert and tls.key and tls.ca)):
         raise InvalidArgument(f"require_client_auth (mutual TLS) needs tls with cert, key and the ca that issued the "
                               f"clients' certificates; got {tls}")
-    interceptors = ([TokenInterceptor(token)] if token else []) + [WireBytesInterceptor()]
+    interceptors = ([TokenInterceptor(token)] if token else []) + [RequestParsingInterceptor(),
+                                                                    WireBytesInterceptor()]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors,
                          options=channel_options(max_message_bytes) + [("grpc.so_reuseport", 0)])
     address = f"{host}:{port}"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from seraphim.proto import scheduler_pb2
 from seraphim.proto.errors import FailedPrecondition, InvalidArgument, NotFound
+from seraphim.proto.rpc import split_address
 from seraphim.scheduler.job_spec import JobSpecError, JobSpec, parse_job_text
 from seraphim.scheduler.launchers import LAUNCHERS, LocalLauncher
 from seraphim.scheduler.cluster_metrics import ProcessMetrics
@@ -33,6 +34,15 @@ log = logging.getLogger("seraphim.scheduler")
 ACTIVE = (scheduler_pb2.PENDING, scheduler_pb2.RUNNING)
 TERMINAL = (scheduler_pb2.SUCCEEDED, scheduler_pb2.FAILED, scheduler_pb2.CANCELLED)
 STATE_NAME = scheduler_pb2.JobState.Name
+
+
+#: Linux pids are below 2^22 (pid_max); anything from 2^31 on cannot reach os.kill, which takes a C int
+MAX_PID = 2**31 - 1
+
+
+def _check_pid(pid: int) -> None:
+    if not 0 <= pid <= MAX_PID:
+        raise InvalidArgument(f"pid {pid} is not a process id (0..{MAX_PID}; 0: not given)")
 
 
 class Master:
@@ -187,6 +197,11 @@ class Master:
             if job.state in TERMINAL:
                 raise FailedPrecondition(f"job {job.job_id} has ended ({STATE_NAME(job.state)}); nothing to join")
             node = self._node(job, req.role, req.rank)
+            _check_pid(req.pid)
+            port = split_address(req.address)[1] if req.address else 0
+            if req.address and not port:
+                raise InvalidArgument(f"{node.name} registered address {req.address!r} with port 0: register the "
+                                      f"port it serves on")
             attempt = node.attempt if job.launcher == "local" else (
                 node.attempt + (1 if node.state in ("WAITING", "LOST") else 0))
             fields = dict(pid=req.pid, host=req.host, last_heartbeat=time.time(), attempt=max(attempt, 1))
@@ -196,7 +211,7 @@ class Master:
                 fields["state"] = "STARTING"  # a PS asking for its settings; it registers its address next
             if req.address:
                 fields["address"] = req.address
-                fields["port"] = int(req.address.rsplit(":", 1)[1])
+                fields["port"] = port
             self.store.update_node(job.job_id, req.role, req.rank, **fields)
             if fields.get("state") == "RUNNING":
                 where = f" at {req.address}" if req.address else ""
@@ -233,6 +248,7 @@ class Master:
         with self._lock:
             job = self.job(req.job_id)
             node = self._node(job, req.role, req.rank)
+            _check_pid(req.pid)
             replaced = bool(node.pid and req.pid and node.pid != req.pid and job.launcher == "local")
             if req.prometheus and not replaced:
                 self.process_metrics.update(job.job_id, req.role, req.rank, req.prometheus)

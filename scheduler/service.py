@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 import traceback
 from pathlib import Path
@@ -16,6 +17,9 @@ from seraphim.proto.errors import InvalidArgument, SeraphimError
 from seraphim.scheduler.master import TERMINAL, Master
 
 log = logging.getLogger("seraphim.scheduler")
+
+#: a log's name under the run's logs/ ("job", "ps-0", "worker-1"): never a path, so no file outside logs/ is read
+LOG_SOURCE_PATTERN = r"[\w-]*"
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,6 +87,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def GetLogs(self, request, context):
         try:
             job = self.master.job(request.job_id)
+            if not re.fullmatch(LOG_SOURCE_PATTERN, request.source):
+                raise InvalidArgument(f"log source {request.source!r} is not a log name such as 'job', 'ps-0' or "
+                                      f"'worker-1' (letters, digits, '_' and '-'), or empty for every source")
         except SeraphimError as exc:
             context.abort(exc.code, str(exc))
         yield from _follow_logs(self.master, job.job_id, Path(job.run_dir) / "logs", request.source, request.follow,

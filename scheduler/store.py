@@ -6,11 +6,13 @@ same directory knows every job, every process it launched and what happened to t
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -90,14 +92,25 @@ class JobStore:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def add_job(self, job: JobRow, nodes: list[NodeRow]) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN ... COMMIT, rolled back when the block raises: a failed write must not leave the connection inside
+        a transaction, where every later BEGIN fails ("cannot start a transaction within a transaction")."""
         with self._lock:
             self._db.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def add_job(self, job: JobRow, nodes: list[NodeRow]) -> None:
+        with self._transaction():
             self._db.execute(f"INSERT INTO jobs VALUES ({','.join('?' * len(JOB_FIELDS))})",
                              tuple(getattr(job, f) for f in JOB_FIELDS))
             self._db.executemany(f"INSERT INTO nodes VALUES ({','.join('?' * len(NODE_FIELDS))})",
                                  [tuple(getattr(n, f) for f in NODE_FIELDS) for n in nodes])
-            self._db.execute("COMMIT")
 
     def job(self, job_id: str) -> JobRow | None:
         rows = self._exec(f"SELECT {','.join(JOB_FIELDS)} FROM jobs WHERE job_id=?", (job_id,))
@@ -130,11 +143,14 @@ class JobStore:
                    (*fields.values(), job_id, role, rank))
 
     def put_metrics(self, job_id: str, rank: int, rows: list[tuple[int, str, float]]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
+        """Each metric's latest value; a NaN (a diverged loss) removes the metric's stale value instead, since SQLite
+        stores NaN as NULL (the metrics CSV keeps the NaN)."""
+        with self._transaction():
             self._db.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)",
-                                 [(job_id, rank, name, value, step) for step, name, value in rows])
-            self._db.execute("COMMIT")
+                                 [(job_id, rank, name, value, step) for step, name, value in rows
+                                  if not math.isnan(value)])
+            self._db.executemany("DELETE FROM metrics WHERE job_id=? AND rank=? AND name=?",
+                                 [(job_id, rank, name) for _, name, value in rows if math.isnan(value)])
 
     def latest_metrics(self, job_id: str) -> dict[str, float]:
         """Mean over workers of each metric's latest value."""

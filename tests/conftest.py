@@ -33,19 +33,32 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def cluster_factory(tmp_path):
-    """Start LocalClusters on demand; every one started is stopped at teardown."""
+def _clusters(root: Path):
+    """Start LocalClusters under root on demand; every one started is stopped when the generator closes."""
     started: list[LocalCluster] = []
 
     def make(name: str = "cluster", **spec) -> LocalCluster:
-        cluster = LocalCluster(tmp_path / name, PSProcessSpec(**spec))
+        cluster = LocalCluster(root / name, PSProcessSpec(**spec))
         started.append(cluster)
         return cluster.start()
 
-    yield make
-    for cluster in started:
-        cluster.stop()
+    try:
+        yield make
+    finally:
+        for cluster in started:
+            cluster.stop()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path):
+    """Start LocalClusters on demand; every one started is stopped at teardown."""
+    yield from _clusters(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_cluster_factory(tmp_path_factory):
+    """cluster_factory for clusters a whole test module shares (started once, stopped after its last test)."""
+    yield from _clusters(tmp_path_factory.mktemp("clusters"))
 
 
 @pytest.fixture
@@ -65,7 +78,9 @@ class SchedulerUnderTest(SchedulerProcess):
     def job_pids(self) -> list[int]:
         db = sqlite3.connect(self.data_dir / "scheduler.db")
         try:
-            return [pid for (pid,) in db.execute("SELECT pid FROM nodes WHERE pid > 0")]
+            # only the local launcher's processes: a manual job's pids are whatever its processes reported
+            return [pid for (pid,) in db.execute("SELECT pid FROM nodes JOIN jobs USING (job_id) "
+                                                 "WHERE pid > 0 AND launcher = 'local'")]
         finally:
             db.close()
 
@@ -82,20 +97,34 @@ def kill_schedulers(started: list[SchedulerUnderTest]) -> None:
                 pass
 
 
-@pytest.fixture
-def scheduler_factory(tmp_path):
-    """Start scheduler processes; at teardown kill them and every job process they launched."""
+def _schedulers(root: Path):
+    """Start scheduler processes under root; when the generator closes, kill them and every job process they
+    launched."""
     started: list[SchedulerUnderTest] = []
 
     def make(name: str = "sched", port: int = 0, heartbeat_timeout: float = 3.0, extra=(),
              http_port: int | None = None) -> SchedulerUnderTest:
-        sched = SchedulerUnderTest(tmp_path / name, port=port, heartbeat_timeout_s=heartbeat_timeout, extra_args=extra,
+        sched = SchedulerUnderTest(root / name, port=port, heartbeat_timeout_s=heartbeat_timeout, extra_args=extra,
                                    http_port=http_port)
         started.append(sched)
         return sched
 
-    yield make
-    kill_schedulers(started)
+    try:
+        yield make
+    finally:
+        kill_schedulers(started)
+
+
+@pytest.fixture
+def scheduler_factory(tmp_path):
+    """Start scheduler processes; at teardown kill them and every job process they launched."""
+    yield from _schedulers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_scheduler_factory(tmp_path_factory):
+    """scheduler_factory for schedulers a whole test module shares."""
+    yield from _schedulers(tmp_path_factory.mktemp("schedulers"))
 
 
 # ------------------------------------------------------------------------------------------------ mutual TLS

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from seraphim.proto import exchange_pb2, exchange_pb2_grpc
 from seraphim.proto.atomic_file import atomic_write
 from seraphim.proto.rpc import (CHUNK_BYTES, MAX_MESSAGE_BYTES, TlsFiles, join_chunks, make_channel, make_server,
-                                serve_chunked, split_message, token_metadata)
+                                serve_chunked, split_address, split_message, token_metadata)
 from seraphim.worker.party_channel import PartyError, PartyMessageRejected, PartyTimeout
 
 __all__ = ["GrpcPartyChannel", "PARTY_NAME_PATTERN", "address_file", "fingerprint", "envelope_mac"]
@@ -112,13 +112,6 @@ def _exchange(private: X25519PrivateKey, peer_public: bytes) -> bytes:
         raise ValueError(f"exchange_key is not an X25519 public key ({len(peer_public)} bytes): {exc}") from None
 
 
-def _split_endpoint(endpoint: str) -> tuple[str, int]:
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"endpoint {endpoint!r} is not host:port (port 0..65535; 0 = pick a free one locally)")
-    return host, int(port)
-
-
 @dataclass
 class _Peer:
     """What this party knows about one peer: where it is, both link keys, its queues, and why it failed."""
@@ -178,11 +171,11 @@ class GrpcPartyChannel:
         self._incarnation = secrets.token_hex(8)
         self._peers = {name: _Peer(name, ep) for name, ep in endpoints.items() if name != party}
         for peer in self._peers.values():
-            if _split_endpoint(peer.endpoint)[1] == 0 and run_dir is None:
+            if split_address(peer.endpoint)[1] == 0 and run_dir is None:
                 raise ValueError(f"{peer.where()} has port 0 (discovered through its address file): give run_dir")
         self._cond = threading.Condition()
         self._closed = False
-        host, port = _split_endpoint(endpoints[party])
+        host, port = split_address(endpoints[party])
         if port == 0 and run_dir is None:
             raise ValueError(f"party {party!r} serves on port 0: give run_dir so that its peers find the port")
         self._server, bound = self._serve(host, port)
@@ -363,7 +356,7 @@ class GrpcPartyChannel:
 
     def _connect(self, p: _Peer) -> None:
         """(Re)open the gRPC channel to the peer's current address (its address file for port 0)."""
-        host, port = _split_endpoint(p.endpoint)
+        host, port = split_address(p.endpoint)
         address = p.endpoint
         if port == 0:
             path = address_file(self._run_dir, p.name)
