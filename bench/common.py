@@ -6,6 +6,7 @@ script's directory and therefore on sys.path).
 
 from __future__ import annotations
 
+import argparse
 import math
 import socket
 import time
@@ -81,3 +82,22 @@ def stop_processes(procs: list[Any], join_timeout_s: float = 20.0) -> None:
         if p.is_alive():
             p.kill()
             p.join()
+
+
+def add_systems_option(p: argparse.ArgumentParser, systems: tuple[str, ...]) -> None:
+    """``--systems``: which of a bench's systems (ours and its peers) to measure; all by default."""
+    p.add_argument("--systems", default=",".join(systems), help=f"comma-separated subset of {', '.join(systems)}")
+
+
+def chosen_systems(p: argparse.ArgumentParser, args: argparse.Namespace, systems: tuple[str, ...]) -> list[str]:
+    """The systems ``--systems`` names, in the bench's order; an unknown name is a usage error."""
+    asked = args.systems.split(",")
+    unknown = set(asked) - set(systems)
+    if unknown:
+        p.error(f"--systems: unknown {sorted(unknown)}; choose from {', '.join(systems)}")
+    return [s for s in systems if s in asked]
+
+
+def exit_on_sigterm(signum: int, frame: Any) -> None:
+    """A SIGTERM handler that unwinds through the finally blocks that stop every process a bench started."""
+    raise SystemExit(128 + signum)

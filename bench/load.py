@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from common import BoundedZipf, free_port, print_figures, stop_processes
+from common import (BoundedZipf, add_systems_option, chosen_systems, exit_on_sigterm, free_port, print_figures,
+                    stop_processes)
 from seraphim.scheduler.local_cluster import LocalCluster, PSProcessSpec
 from seraphim.worker import SGD, Normal, PSClient
 
@@ -271,29 +272,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ram-mb", type=float, default=8.0, help="page-cache budget of each Seraphim PS")
     p.add_argument("--page-kb", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
+    add_systems_option(p, SYSTEMS)
     args = p.parse_args(argv)
-    unknown = set(args.systems.split(",")) - set(SYSTEMS)
-    if unknown:
-        p.error(f"--systems: unknown {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    args.chosen = chosen_systems(p, args, SYSTEMS)
     if args.clients < 1 or args.seconds <= 0 or not 0 <= args.push_fraction <= 1:
         p.error("--clients must be >= 1, --seconds > 0 and --push-fraction in [0, 1]")
     return args
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop every process started
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     print(f"# {args.clients} client processes x {args.seconds:g} s per system, closed loop; {args.batch_size} keys "
           f"an operation, {args.push_fraction:.0%} pushes; Zipf({args.alpha}) over {args.num_keys:,} keys, dim "
           f"{args.dim} float32, {NUM_SHARDS} shards; Seraphim page cache {args.ram_mb:g} MiB per shard, pages "
           f"{args.page_kb} KiB", flush=True)
     figures: dict[str, dict[str, float]] = {}
-    for name in [s for s in SYSTEMS if s in args.systems.split(",")]:
+    for name in args.chosen:
         figures[name] = run_load(name, args)
         print_figures({f"{'' if name == 'seraphim' else name + '_'}{k}": v for k, v in figures[name].items()})
     if len(figures) == len(SYSTEMS):

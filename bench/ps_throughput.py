@@ -62,7 +62,8 @@ import numpy as np
 import torch
 import torch.distributed.rpc as rpc
 
-from common import BoundedZipf, free_port, geometric_mean, print_figures, rates, stop_processes, time_each
+from common import (BoundedZipf, add_systems_option, chosen_systems, exit_on_sigterm, free_port, geometric_mean,
+                    print_figures, rates, stop_processes, time_each)
 from torch_rpc_ps import TorchRpcClient, TorchRpcPS, init_torch_rpc
 from seraphim.proto.partition import group_by_shard, sparse_shard_of
 from seraphim.proto.rpc import make_channel, make_server
@@ -380,13 +381,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=4, help="batches in flight in the pipelined figures, every system")
     p.add_argument("--malloc-top-pad-mb", type=float, default=64.0,
                    help="glibc heap top pad of every process of the run (0: glibc's default); see pad_malloc")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
+    add_systems_option(p, SYSTEMS)
     p.add_argument("--profile", action="store_true", help="cProfile the Seraphim client's rounds (to stderr)")
     p.add_argument("--torch-timeout-s", type=float, default=300.0)
     args = p.parse_args(argv)
-    unknown = set(args.systems.split(",")) - set(SYSTEMS)
-    if unknown:
-        p.error(f"--systems: unknown {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    args.chosen = chosen_systems(p, args, SYSTEMS)
     if not 1 <= args.rounds <= args.batches:
         p.error(f"--rounds must be in [1, --batches={args.batches}], got {args.rounds}")
     if args.passes < 1:
@@ -396,14 +395,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop every process started
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    names = [s for s in SYSTEMS if s in args.systems.split(",")]
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    names = args.chosen
     pad_malloc(args.malloc_top_pad_mb)
     started = time.perf_counter()
     work = make_workload(args)
