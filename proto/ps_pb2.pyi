@@ -151,7 +151,7 @@ class PullReply(_message.Message):
     def __init__(self, values: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("table", "keys", "values", "mode", "worker", "version", "lr_scale")
+    __slots__ = ("table", "keys", "values", "mode", "worker", "version", "lr_scale", "seq")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,7 @@ class PushRequest(_message.Message):
     WORKER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LR_SCALE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: bytes
     values: _common_pb2.Tensor
@@ -166,7 +167,8 @@ class PushRequest(_message.Message):
     worker: int
     version: int
     lr_scale: float
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[bytes] = ..., values: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., mode: _Optional[_Union[PushMode, str]] = ..., worker: _Optional[int] = ..., version: _Optional[int] = ..., lr_scale: _Optional[float] = ...) -> None: ...
+    seq: int
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[bytes] = ..., values: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., mode: _Optional[_Union[PushMode, str]] = ..., worker: _Optional[int] = ..., version: _Optional[int] = ..., lr_scale: _Optional[float] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("rows",)
@@ -305,7 +307,7 @@ class HealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("status", "shard", "num_shards", "restored_clock", "min_clock", "num_workers", "staleness", "pid", "uptime_s", "tables")
+    __slots__ = ("status", "shard", "num_shards", "restored_clock", "min_clock", "num_workers", "staleness", "pid", "uptime_s", "tables", "deterministic")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
@@ -316,6 +318,7 @@ class HealthReply(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
+    DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
     status: str
     shard: int
     num_shards: int
@@ -326,4 +329,5 @@ class HealthReply(_message.Message):
     pid: int
     uptime_s: float
     tables: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, status: _Optional[str] = ..., shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., restored_clock: _Optional[int] = ..., min_clock: _Optional[int] = ..., num_workers: _Optional[int] = ..., staleness: _Optional[int] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., tables: _Optional[_Iterable[str]] = ...) -> None: ...
+    deterministic: bool
+    def __init__(self, status: _Optional[str] = ..., shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., restored_clock: _Optional[int] = ..., min_clock: _Optional[int] = ..., num_workers: _Optional[int] = ..., staleness: _Optional[int] = ..., pid: _Optional[int] = ..., uptime_s: _Optional[float] = ..., tables: _Optional[_Iterable[str]] = ..., deterministic: _Optional[bool] = ...) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eseraphim/proto/scheduler.proto\x12\x12seraphim.scheduler\"\x9a\x01\n\nNodeStatus\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0b\n\x03pid\x18\x06 \x01(\x03\x12\x0c\n\x04host\x18\x07 \x01(\t\x12\x16\n\x0elast_heartbeat\x18\x08 \x01(\x01\x12\x0c\n\x04step\x18\t \x01(\x03\"\xc6\x03\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12+\n\x05state\x18\x04 \x01(\x0e\x32\x1c.seraphim.scheduler.JobState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x01\x12\x0f\n\x07started\x18\x07 \x01(\x01\x12\x10\n\x08\x66inished\x18\x08 \x01(\x01\x12\x0f\n\x07run_dir\x18\t \x01(\t\x12\x10\n\x08launcher\x18\n \x01(\t\x12\x13\n\x0btotal_steps\x18\x0b \x01(\x03\x12\x0c\n\x04step\x18\x0c \x01(\x03\x12\x10\n\x08restarts\x18\r \x01(\x05\x12-\n\x05nodes\x18\x0e \x03(\x0b\x32\x1e.seraphim.scheduler.NodeStatus\x12;\n\x07metrics\x18\x0f \x03(\x0b\x32*.seraphim.scheduler.JobStatus.MetricsEntry\x12\x0e\n\x06num_ps\x18\x10 \x01(\x05\x12\x13\n\x0bnum_workers\x18\x11 \x01(\x05\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"I\n\x10SubmitJobRequest\x12\x11\n\tspec_yaml\x18\x01 \x01(\t\x12\x10\n\x08launcher\x18\x02 \x01(\t\x12\x10\n\x08run_root\x18\x03 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"<\n\rListJobsReply\x12+\n\x04jobs\x18\x01 \x03(\x0b\x32\x1d.seraphim.scheduler.JobStatus\"=\n\x0bLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"(\n\x08LogChunk\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xb9\x01\n\nPsSettings\x12\x12\n\nnum_shards\x18\x01 \x01(\x05\x12\x13\n\x0bnum_workers\x18\x02 \x01(\x05\x12\x11\n\tstaleness\x18\x03 \x01(\x05\x12\x0e\n\x06ram_mb\x18\x04 \x01(\x01\x12\x0f\n\x07page_kb\x18\x05 \x01(\x05\x12\x12\n\ndurability\x18\x06 \x01(\t\x12\x16\n\x0esnapshot_every\x18\x07 \x01(\x05\x12\r\n\x05shard\x18\x08 \x01(\x05\x12\x13\n\x0b\x64\x61ta_subdir\x18\t \x01(\t\"i\n\x0fRegisterRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\x03\x12\x0c\n\x04host\x18\x06 \x01(\t\"p\n\rRegisterReply\x12\x11\n\tspec_yaml\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0f\n\x07run_dir\x18\x03 \x01(\t\x12*\n\x02ps\x18\x04 \x01(\x0b\x32\x1e.seraphim.scheduler.PsSettings\"\x9c\x01\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\x03\x12\r\n\x05\x66\x61tal\x18\x08 \x01(\x08\x12\x12\n\nprometheus\x18\t \x01(\t\"\x1e\n\x0eHeartbeatReply\x12\x0c\n\x04stop\x18\x01 \x01(\x08\"G\n\tMetricRow\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\x01\"Z\n\rMetricsReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12+\n\x04rows\x18\x03 \x03(\x0b\x32\x1d.seraphim.scheduler.MetricRow\"\x05\n\x03\x41\x63k\"N\n\x12\x43lusterViewRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x18\n\x0bworker_rank\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x0e\n\x0c_worker_rank\"L\n\nPsEndpoint\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\r\n\x05state\x18\x04 \x01(\t\"\x88\x01\n\x0b\x43lusterView\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.seraphim.scheduler.JobState\x12*\n\x02ps\x18\x03 \x03(\x0b\x32\x1e.seraphim.scheduler.PsEndpoint\x12\x10\n\x08\x63omplete\x18\x04 \x01(\x08\"}\n\x0bMemoryTrace\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\r\n\x05lower\x18\x03 \x03(\x03\x12\r\n\x05upper\x18\x04 \x03(\x03\x12\x0c\n\x04size\x18\x05 \x03(\x03\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\x14\n\x0ctime_limit_s\x18\x07 \x01(\x01\"#\n\x11MemoryPlanRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"~\n\nMemoryPlan\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07offsets\x18\x02 \x03(\x03\x12\x0c\n\x04size\x18\x03 \x03(\x03\x12\x0c\n\x04peak\x18\x04 \x01(\x03\x12\x13\n\x0blower_bound\x18\x05 \x01(\x03\x12\x0f\n\x07solve_s\x18\x06 \x01(\x01\x12\x0e\n\x06method\x18\x07 \x01(\t*N\n\x08JobState\x12\x0b\n\x07PENDING\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\r\n\tSUCCEEDED\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\r\n\tCANCELLED\x10\x04\x32\x84\x07\n\tScheduler\x12P\n\tSubmitJob\x12$.seraphim.scheduler.SubmitJobRequest\x1a\x1d.seraphim.scheduler.JobStatus\x12\x43\n\x06GetJob\x12\x1a.seraphim.scheduler.JobRef\x1a\x1d.seraphim.scheduler.JobStatus\x12R\n\x08ListJobs\x12#.seraphim.scheduler.ListJobsRequest\x1a!.seraphim.scheduler.ListJobsReply\x12\x46\n\tCancelJob\x12\x1a.seraphim.scheduler.JobRef\x1a\x1d.seraphim.scheduler.JobStatus\x12J\n\x07GetLogs\x12\x1f.seraphim.scheduler.LogsRequest\x1a\x1c.seraphim.scheduler.LogChunk0\x01\x12R\n\x08Register\x12#.seraphim.scheduler.RegisterRequest\x1a!.seraphim.scheduler.RegisterReply\x12U\n\tHeartbeat\x12$.seraphim.scheduler.HeartbeatRequest\x1a\".seraphim.scheduler.HeartbeatReply\x12K\n\rReportMetrics\x12!.seraphim.scheduler.MetricsReport\x1a\x17.seraphim.scheduler.Ack\x12Y\n\x0eGetClusterView\x12&.seraphim.scheduler.ClusterViewRequest\x1a\x1f.seraphim.scheduler.ClusterView\x12M\n\nPlanMemory\x12\x1f.seraphim.scheduler.MemoryTrace\x1a\x1e.seraphim.scheduler.MemoryPlan\x12V\n\rGetMemoryPlan\x12%.seraphim.scheduler.MemoryPlanRequest\x1a\x1e.seraphim.scheduler.MemoryPlanb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eseraphim/proto/scheduler.proto\x12\x12seraphim.scheduler\"\x9a\x01\n\nNodeStatus\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0b\n\x03pid\x18\x06 \x01(\x03\x12\x0c\n\x04host\x18\x07 \x01(\t\x12\x16\n\x0elast_heartbeat\x18\x08 \x01(\x01\x12\x0c\n\x04step\x18\t \x01(\x03\"\xc6\x03\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12+\n\x05state\x18\x04 \x01(\x0e\x32\x1c.seraphim.scheduler.JobState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x01\x12\x0f\n\x07started\x18\x07 \x01(\x01\x12\x10\n\x08\x66inished\x18\x08 \x01(\x01\x12\x0f\n\x07run_dir\x18\t \x01(\t\x12\x10\n\x08launcher\x18\n \x01(\t\x12\x13\n\x0btotal_steps\x18\x0b \x01(\x03\x12\x0c\n\x04step\x18\x0c \x01(\x03\x12\x10\n\x08restarts\x18\r \x01(\x05\x12-\n\x05nodes\x18\x0e \x03(\x0b\x32\x1e.seraphim.scheduler.NodeStatus\x12;\n\x07metrics\x18\x0f \x03(\x0b\x32*.seraphim.scheduler.JobStatus.MetricsEntry\x12\x0e\n\x06num_ps\x18\x10 \x01(\x05\x12\x13\n\x0bnum_workers\x18\x11 \x01(\x05\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"I\n\x10SubmitJobRequest\x12\x11\n\tspec_yaml\x18\x01 \x01(\t\x12\x10\n\x08launcher\x18\x02 \x01(\t\x12\x10\n\x08run_root\x18\x03 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"<\n\rListJobsReply\x12+\n\x04jobs\x18\x01 \x03(\x0b\x32\x1d.seraphim.scheduler.JobStatus\"=\n\x0bLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"(\n\x08LogChunk\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xd0\x01\n\nPsSettings\x12\x12\n\nnum_shards\x18\x01 \x01(\x05\x12\x13\n\x0bnum_workers\x18\x02 \x01(\x05\x12\x11\n\tstaleness\x18\x03 \x01(\x05\x12\x0e\n\x06ram_mb\x18\x04 \x01(\x01\x12\x0f\n\x07page_kb\x18\x05 \x01(\x05\x12\x12\n\ndurability\x18\x06 \x01(\t\x12\x16\n\x0esnapshot_every\x18\x07 \x01(\x05\x12\r\n\x05shard\x18\x08 \x01(\x05\x12\x13\n\x0b\x64\x61ta_subdir\x18\t \x01(\t\x12\x15\n\rdeterministic\x18\n \x01(\x08\"i\n\x0fRegisterRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\x03\x12\x0c\n\x04host\x18\x06 \x01(\t\"p\n\rRegisterReply\x12\x11\n\tspec_yaml\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0f\n\x07run_dir\x18\x03 \x01(\t\x12*\n\x02ps\x18\x04 \x01(\x0b\x32\x1e.seraphim.scheduler.PsSettings\"\x9c\x01\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\x03\x12\r\n\x05\x66\x61tal\x18\x08 \x01(\x08\x12\x12\n\nprometheus\x18\t \x01(\t\"\x1e\n\x0eHeartbeatReply\x12\x0c\n\x04stop\x18\x01 \x01(\x08\"G\n\tMetricRow\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\x01\"Z\n\rMetricsReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12+\n\x04rows\x18\x03 \x03(\x0b\x32\x1d.seraphim.scheduler.MetricRow\"\x05\n\x03\x41\x63k\"N\n\x12\x43lusterViewRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x18\n\x0bworker_rank\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x0e\n\x0c_worker_rank\"L\n\nPsEndpoint\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\r\n\x05state\x18\x04 \x01(\t\"\x88\x01\n\x0b\x43lusterView\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.seraphim.scheduler.JobState\x12*\n\x02ps\x18\x03 \x03(\x0b\x32\x1e.seraphim.scheduler.PsEndpoint\x12\x10\n\x08\x63omplete\x18\x04 \x01(\x08\"}\n\x0bMemoryTrace\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\r\n\x05lower\x18\x03 \x03(\x03\x12\r\n\x05upper\x18\x04 \x03(\x03\x12\x0c\n\x04size\x18\x05 \x03(\x03\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\x14\n\x0ctime_limit_s\x18\x07 \x01(\x01\"#\n\x11MemoryPlanRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"~\n\nMemoryPlan\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07offsets\x18\x02 \x03(\x03\x12\x0c\n\x04size\x18\x03 \x03(\x03\x12\x0c\n\x04peak\x18\x04 \x01(\x03\x12\x13\n\x0blower_bound\x18\x05 \x01(\x03\x12\x0f\n\x07solve_s\x18\x06 \x01(\x01\x12\x0e\n\x06method\x18\x07 \x01(\t*N\n\x08JobState\x12\x0b\n\x07PENDING\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\r\n\tSUCCEEDED\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\r\n\tCANCELLED\x10\x04\x32\x84\x07\n\tScheduler\x12P\n\tSubmitJob\x12$.seraphim.scheduler.SubmitJobRequest\x1a\x1d.seraphim.scheduler.JobStatus\x12\x43\n\x06GetJob\x12\x1a.seraphim.scheduler.JobRef\x1a\x1d.seraphim.scheduler.JobStatus\x12R\n\x08ListJobs\x12#.seraphim.scheduler.ListJobsRequest\x1a!.seraphim.scheduler.ListJobsReply\x12\x46\n\tCancelJob\x12\x1a.seraphim.scheduler.JobRef\x1a\x1d.seraphim.scheduler.JobStatus\x12J\n\x07GetLogs\x12\x1f.seraphim.scheduler.LogsRequest\x1a\x1c.seraphim.scheduler.LogChunk0\x01\x12R\n\x08Register\x12#.seraphim.scheduler.RegisterRequest\x1a!.seraphim.scheduler.RegisterReply\x12U\n\tHeartbeat\x12$.seraphim.scheduler.HeartbeatRequest\x1a\".seraphim.scheduler.HeartbeatReply\x12K\n\rReportMetrics\x12!.seraphim.scheduler.MetricsReport\x1a\x17.seraphim.scheduler.Ack\x12Y\n\x0eGetClusterView\x12&.seraphim.scheduler.ClusterViewRequest\x1a\x1f.seraphim.scheduler.ClusterView\x12M\n\nPlanMemory\x12\x1f.seraphim.scheduler.MemoryTrace\x1a\x1e.seraphim.scheduler.MemoryPlan\x12V\n\rGetMemoryPlan\x12%.seraphim.scheduler.MemoryPlanRequest\x1a\x1e.seraphim.scheduler.MemoryPlanb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBSTATUS_METRICSENTRY']._loaded_options = None
   _globals['_JOBSTATUS_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2316
-  _globals['_JOBSTATE']._serialized_end=2394
+  _globals['_JOBSTATE']._serialized_start=2339
+  _globals['_JOBSTATE']._serialized_end=2417
   _globals['_NODESTATUS']._serialized_start=55
   _globals['_NODESTATUS']._serialized_end=209
   _globals['_JOBSTATUS']._serialized_start=212
@@ -54,33 +54,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGCHUNK']._serialized_start=913
   _globals['_LOGCHUNK']._serialized_end=953
   _globals['_PSSETTINGS']._serialized_start=956
-  _globals['_PSSETTINGS']._serialized_end=1141
-  _globals['_REGISTERREQUEST']._serialized_start=1143
-  _globals['_REGISTERREQUEST']._serialized_end=1248
-  _globals['_REGISTERREPLY']._serialized_start=1250
-  _globals['_REGISTERREPLY']._serialized_end=1362
-  _globals['_HEARTBEATREQUEST']._serialized_start=1365
-  _globals['_HEARTBEATREQUEST']._serialized_end=1521
-  _globals['_HEARTBEATREPLY']._serialized_start=1523
-  _globals['_HEARTBEATREPLY']._serialized_end=1553
-  _globals['_METRICROW']._serialized_start=1555
-  _globals['_METRICROW']._serialized_end=1626
-  _globals['_METRICSREPORT']._serialized_start=1628
-  _globals['_METRICSREPORT']._serialized_end=1718
-  _globals['_ACK']._serialized_start=1720
-  _globals['_ACK']._serialized_end=1725
-  _globals['_CLUSTERVIEWREQUEST']._serialized_start=1727
-  _globals['_CLUSTERVIEWREQUEST']._serialized_end=1805
-  _globals['_PSENDPOINT']._serialized_start=1807
-  _globals['_PSENDPOINT']._serialized_end=1883
-  _globals['_CLUSTERVIEW']._serialized_start=1886
-  _globals['_CLUSTERVIEW']._serialized_end=2022
-  _globals['_MEMORYTRACE']._serialized_start=2024
-  _globals['_MEMORYTRACE']._serialized_end=2149
-  _globals['_MEMORYPLANREQUEST']._serialized_start=2151
-  _globals['_MEMORYPLANREQUEST']._serialized_end=2186
-  _globals['_MEMORYPLAN']._serialized_start=2188
-  _globals['_MEMORYPLAN']._serialized_end=2314
-  _globals['_SCHEDULER']._serialized_start=2397
-  _globals['_SCHEDULER']._serialized_end=3297
+  _globals['_PSSETTINGS']._serialized_end=1164
+  _globals['_REGISTERREQUEST']._serialized_start=1166
+  _globals['_REGISTERREQUEST']._serialized_end=1271
+  _globals['_REGISTERREPLY']._serialized_start=1273
+  _globals['_REGISTERREPLY']._serialized_end=1385
+  _globals['_HEARTBEATREQUEST']._serialized_start=1388
+  _globals['_HEARTBEATREQUEST']._serialized_end=1544
+  _globals['_HEARTBEATREPLY']._serialized_start=1546
+  _globals['_HEARTBEATREPLY']._serialized_end=1576
+  _globals['_METRICROW']._serialized_start=1578
+  _globals['_METRICROW']._serialized_end=1649
+  _globals['_METRICSREPORT']._serialized_start=1651
+  _globals['_METRICSREPORT']._serialized_end=1741
+  _globals['_ACK']._serialized_start=1743
+  _globals['_ACK']._serialized_end=1748
+  _globals['_CLUSTERVIEWREQUEST']._serialized_start=1750
+  _globals['_CLUSTERVIEWREQUEST']._serialized_end=1828
+  _globals['_PSENDPOINT']._serialized_start=1830
+  _globals['_PSENDPOINT']._serialized_end=1906
+  _globals['_CLUSTERVIEW']._serialized_start=1909
+  _globals['_CLUSTERVIEW']._serialized_end=2045
+  _globals['_MEMORYTRACE']._serialized_start=2047
+  _globals['_MEMORYTRACE']._serialized_end=2172
+  _globals['_MEMORYPLANREQUEST']._serialized_start=2174
+  _globals['_MEMORYPLANREQUEST']._serialized_end=2209
+  _globals['_MEMORYPLAN']._serialized_start=2211
+  _globals['_MEMORYPLAN']._serialized_end=2337
+  _globals['_SCHEDULER']._serialized_start=2420
+  _globals['_SCHEDULER']._serialized_end=3320
 # @@protoc_insertion_point(module_scope)

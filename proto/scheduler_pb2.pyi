@@ -132,7 +132,7 @@ class LogChunk(_message.Message):
     def __init__(self, source: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class PsSettings(_message.Message):
-    __slots__ = ("num_shards", "num_workers", "staleness", "ram_mb", "page_kb", "durability", "snapshot_every", "shard", "data_subdir")
+    __slots__ = ("num_shards", "num_workers", "staleness", "ram_mb", "page_kb", "durability", "snapshot_every", "shard", "data_subdir", "deterministic")
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,7 @@ class PsSettings(_message.Message):
     SNAPSHOT_EVERY_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     DATA_SUBDIR_FIELD_NUMBER: _ClassVar[int]
+    DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
     num_shards: int
     num_workers: int
     staleness: int
@@ -151,7 +152,8 @@ class PsSettings(_message.Message):
     snapshot_every: int
     shard: int
     data_subdir: str
-    def __init__(self, num_shards: _Optional[int] = ..., num_workers: _Optional[int] = ..., staleness: _Optional[int] = ..., ram_mb: _Optional[float] = ..., page_kb: _Optional[int] = ..., durability: _Optional[str] = ..., snapshot_every: _Optional[int] = ..., shard: _Optional[int] = ..., data_subdir: _Optional[str] = ...) -> None: ...
+    deterministic: bool
+    def __init__(self, num_shards: _Optional[int] = ..., num_workers: _Optional[int] = ..., staleness: _Optional[int] = ..., ram_mb: _Optional[float] = ..., page_kb: _Optional[int] = ..., durability: _Optional[str] = ..., snapshot_every: _Optional[int] = ..., shard: _Optional[int] = ..., data_subdir: _Optional[str] = ..., deterministic: _Optional[bool] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("job_id", "role", "rank", "address", "pid", "host")

@@ -34,10 +34,19 @@ class ClockTable:
         with self._cond:
             return min(self._clocks)
 
-    def tick(self, worker: int, clock: int, timeout_s: float) -> int:
-        """Record that `worker` completed `clock` and wait as far as the staleness says; returns the min clock."""
+    def clock_of(self, worker: int) -> int:
+        """The last clock `worker` completed."""
+        self._check_worker(worker)
+        with self._cond:
+            return self._clocks[worker]
+
+    def _check_worker(self, worker: int) -> None:
         if not 0 <= worker < self.num_workers:
             raise InvalidArgument(f"worker {worker} is outside [0, {self.num_workers}) for this PS")
+
+    def tick(self, worker: int, clock: int, timeout_s: float) -> int:
+        """Record that `worker` completed `clock` and wait as far as the staleness says; returns the min clock."""
+        self._check_worker(worker)
         if clock < 0:
             raise InvalidArgument(f"clock must be >= 0, got {clock}")
         deadline = time.monotonic() + timeout_s

@@ -12,7 +12,8 @@ DURABILITY_MODES = ("snapshot", "strict")
 
 @dataclass
 class PSConfig:
-    """One PS shard. staleness: 0 BSP, N>0 SSP, -1 ASP (Angel's single knob)."""
+    """One PS shard. staleness: 0 BSP, N>0 SSP, -1 ASP (Angel's single knob); deterministic: hold each clock's
+    gradient pushes and apply them in worker order (BSP only)."""
 
     data_dir: Path
     shard: int = 0
@@ -21,6 +22,7 @@ class PSConfig:
     port: int = 0
     num_workers: int = 1
     staleness: int = 0
+    deterministic: bool = False
     ram_bytes: int = 256 * 1024 * 1024
     page_bytes: int = 256 * 1024
     durability: str = "snapshot"
@@ -40,6 +42,9 @@ class PSConfig:
             raise ValueError(f"num_workers must be at least 1, got {self.num_workers}")
         if self.staleness < -1:
             raise ValueError(f"staleness must be -1 (ASP), 0 (BSP) or a positive bound (SSP), got {self.staleness}")
+        if self.deterministic and self.staleness != 0:
+            raise ValueError(f"deterministic mode applies a clock's pushes when every worker has completed it, so it "
+                             f"needs BSP (staleness 0), got staleness {self.staleness}")
         if self.durability not in DURABILITY_MODES:
             raise ValueError(f"durability {self.durability!r} is not one of {DURABILITY_MODES}")
         if self.snapshot_every < 0:

@@ -50,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--job", help="job id (managed mode)")
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--staleness", type=int, default=0, help="0 BSP, N SSP, -1 ASP")
+    p.add_argument("--deterministic", action="store_true",
+                   help="hold each clock's gradient pushes and apply them in worker order (BSP only)")
     p.add_argument("--ram-mb", type=float, default=256.0, help="RAM budget of the page cache in MiB")
     p.add_argument("--page-kb", type=int, default=256, help="page size in KiB")
     p.add_argument("--durability", default="snapshot", choices=("snapshot", "strict"))
@@ -74,7 +76,7 @@ def shard_from_hostname(hostname: str) -> int:
 def config_from_args(a: argparse.Namespace) -> PSConfig:
     tls = TlsFiles(ca=a.tls_ca, cert=a.tls_cert, key=a.tls_key) if a.tls_cert else None
     return PSConfig(data_dir=a.data_dir, shard=a.shard, num_shards=a.num_shards, host=a.host, port=a.port,
-                    num_workers=a.num_workers, staleness=a.staleness, ram_bytes=int(a.ram_mb * 2**20),
+                    num_workers=a.num_workers, staleness=a.staleness, deterministic=a.deterministic, ram_bytes=int(a.ram_mb * 2**20),
                     page_bytes=a.page_kb * 1024, durability=a.durability, snapshot_every=a.snapshot_every,
                     token=resolve_token(a.token, a.token_file), tls=tls,
                     max_message_bytes=int(a.max_message_mb * 2**20))
@@ -112,6 +114,7 @@ def _managed(a: argparse.Namespace, config: PSConfig, stop: threading.Event) -> 
     if settings.data_subdir:
         config.data_dir = config.data_dir / settings.data_subdir
     config.num_workers, config.staleness = settings.num_workers, settings.staleness
+    config.deterministic = settings.deterministic
     config.ram_bytes, config.page_bytes = int(settings.ram_mb * 2**20), settings.page_kb * 1024
     config.durability, config.snapshot_every = settings.durability, settings.snapshot_every
     config.validate()

@@ -6,6 +6,7 @@ clocks, and reports the clock it restored.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -18,6 +19,7 @@ from seraphim.proto.errors import AlreadyExists, InvalidArgument, NotFound
 from seraphim.proto.resources import peak_rss_bytes
 from seraphim.ps.clocks import ClockTable
 from seraphim.ps.config import PSConfig
+from seraphim.ps.ordered_pushes import OrderedPushes
 from seraphim.ps.psf import run_psf
 from seraphim.ps.table import PSTable, check_spec
 from seraphim.storage.shard_store import ShardStore
@@ -63,6 +65,7 @@ class ParameterServer:
         self.restored_clock = self.store.restored_clock
         self.clocks = ClockTable(config.num_workers, config.staleness, start=self.restored_clock or 0,
                                  on_advance=self._on_clock_advance)
+        self.ordered = OrderedPushes(self.clocks) if config.deterministic else None
         self._pulls: dict[str, _Counter] = {}
         self._pushes: dict[str, _Counter] = {}
 
@@ -115,9 +118,13 @@ class ParameterServer:
         return values
 
     def push(self, name: str, keys: np.ndarray, values: np.ndarray, mode: int, worker: int = 0, version: int = 0,
-             lr_factor: float = 1.0) -> int:
-        """Apply a push (see PSTable.push); returns the rows taken."""
-        taken = self.table(name).push(keys, values, mode, worker, version, lr_factor)
+             lr_factor: float = 1.0, seq: int = 0) -> int:
+        """Apply a push (see PSTable.push); returns the rows taken. In deterministic mode a gradient push is held
+        until its clock completes, then applied in (worker, seq) order (ps/ordered_pushes.py)."""
+        defer = None
+        if self.ordered is not None:
+            defer = functools.partial(self.ordered.hold, worker, seq)
+        taken = self.table(name).push(keys, values, mode, worker, version, lr_factor, defer)
         self._pushes.setdefault(name, _Counter()).add(len(keys), values.nbytes)
         return taken
 
@@ -134,7 +141,10 @@ class ParameterServer:
         return self.clocks.tick(worker, clock, timeout_s or self.config.clock_timeout_s)
 
     def _on_clock_advance(self, min_clock: int) -> None:
-        """Called under the clock lock when every worker has passed min_clock: a clock boundary."""
+        """Called under the clock lock when every worker has passed min_clock: a clock boundary, where held pushes
+        land before the snapshot that may follow."""
+        if self.ordered is not None:
+            self.ordered.apply_through(min_clock)
         if self.config.durability == "strict":
             self.store.record_clock(min_clock)
         elif self.config.snapshot_every and min_clock % self.config.snapshot_every == 0:
@@ -169,7 +179,7 @@ class ParameterServer:
             status="SERVING", shard=self.config.shard, num_shards=self.config.num_shards,
             restored_clock=-1 if self.restored_clock is None else self.restored_clock,
             min_clock=self.clocks.min_clock, num_workers=self.config.num_workers, staleness=self.config.staleness,
-            pid=os.getpid(), uptime_s=time.monotonic() - self.started, tables=sorted(self.tables))
+            deterministic=self.config.deterministic, pid=os.getpid(), uptime_s=time.monotonic() - self.started, tables=sorted(self.tables))
 
     def close(self) -> None:
         """A clean stop keeps everything: snapshot at the current clock, then close (a crash keeps the last one)."""

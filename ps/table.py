@@ -7,6 +7,7 @@ runs the table's optimizer on the touched rows inside one atomic read-modify-wri
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import partial
 from typing import Callable, ContextManager, Iterator
 
 import numpy as np
@@ -179,10 +180,11 @@ class PSTable:
         return out
 
     def push(self, keys: np.ndarray, values: np.ndarray, mode: int, worker: int = 0, version: int = 0,
-             lr_factor: float = 1.0) -> int:
+             lr_factor: float = 1.0, defer: Callable[[Callable[[], None]], None] | None = None) -> int:
         """Apply gradients (optimizer), assign or add `values` [len(keys), dim] to unique keys; returns the rows
         taken. A versioned table sums the gradients of `version` over its workers first (see ps/versions.py);
-        `lr_factor` multiplies the learning rate of this update."""
+        `lr_factor` multiplies the learning rate of this update. With `defer`, a gradient update of a table that
+        is not versioned is checked now and handed to `defer` to run later (ps/ordered_pushes.py)."""
         if mode == ps_pb2.ABSENT:
             if self.versions is None:
                 raise InvalidArgument(f"push to {self.name!r}: mode ABSENT (no gradient at a version) applies to "
@@ -204,7 +206,10 @@ class PSTable:
             return self.versions.add(self.slots(keys), grads, version, worker, lr_factor,
                                      lambda rows, sums, factor: self._apply_gradients(rows + self.row_start, sums,
                                                                                       factor))
-        if mode == ps_pb2.GRADIENT:
+        if mode == ps_pb2.GRADIENT and defer is not None:
+            self._require_optimizer()
+            defer(partial(self._apply_gradients, keys, self._as_float32(values), lr_factor))
+        elif mode == ps_pb2.GRADIENT:
             self._apply_gradients(keys, values, lr_factor)
         elif mode in (ps_pb2.ASSIGN, ps_pb2.ADD):
             with self.versions.cond if self.versions is not None else nullcontext():
@@ -213,11 +218,14 @@ class PSTable:
             raise InvalidArgument(f"push to {self.name!r}: unknown mode {mode}; use GRADIENT, ASSIGN, ADD or ABSENT")
         return len(keys)
 
-    def _apply_gradients(self, keys: np.ndarray, values: np.ndarray, lr_factor: float = 1.0) -> None:
+    def _require_optimizer(self) -> None:
         if self.optimizer is None:
             raise FailedPrecondition(
                 f"table {self.name!r} has no optimizer, so it cannot take gradients; push with mode ASSIGN or ADD, "
                 f"or create the table with an optimizer")
+
+    def _apply_gradients(self, keys: np.ndarray, values: np.ndarray, lr_factor: float = 1.0) -> None:
+        self._require_optimizer()
         grads = self._as_float32(values)
         scale = self.lr_scale(keys)
         if lr_factor != 1.0:

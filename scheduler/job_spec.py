@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"
 
@@ -51,6 +51,16 @@ class StorageSpec(BaseModel):
 class ConsistencySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     staleness: int = Field(0, ge=-1, description="0 BSP, N SSP, -1 ASP")
+    deterministic: bool = Field(
+        False, description="hold each clock's gradient pushes on the PS and apply them in worker order, so two runs "
+                           "with one seed are bitwise equal (BSP only)")
+
+    @model_validator(mode="after")
+    def _deterministic_needs_bsp(self) -> "ConsistencySpec":
+        if self.deterministic and self.staleness != 0:
+            raise ValueError(f"deterministic: true applies a clock's pushes once every worker has completed it, so "
+                             f"it needs staleness 0 (BSP); got staleness {self.staleness}")
+        return self
 
 
 class JobSpec(BaseModel):

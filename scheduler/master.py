@@ -224,6 +224,7 @@ class Master:
             settings = scheduler_pb2.PsSettings(
                 num_shards=spec.cluster.ps, num_workers=1 if spec.cluster.ps_per_worker else spec.cluster.workers,
                 shard=req.rank % spec.cluster.ps if req.role == "ps" else 0, staleness=spec.consistency.staleness,
+                deterministic=spec.consistency.deterministic,
                 data_subdir=f"worker-{req.rank // spec.cluster.ps}" if spec.cluster.ps_per_worker else "",
                 ram_mb=spec.storage.ram_mb, page_kb=spec.storage.page_kb, durability=spec.storage.durability,
                 snapshot_every=spec.storage.snapshot_every)

@@ -42,11 +42,13 @@ def test_gamlp_job_propagates_on_the_ps_and_trains_on_two_workers(tmp_path, sche
     with sched.client() as client:
         job = gamlp_job("gamlp", rlu={"stages": 2, "threshold": 0.7})
         job["train"]["graph"]["partition"] = "metis"
+        job["consistency"] = {"deterministic": True}  # without it a fast worker's next push may precede a pull
         status = client.submit(yaml.safe_dump(job), "local", str(tmp_path))
         status = wait_for(client, status.job_id, done, timeout=240)
     run = Path(status.run_dir)
     results = [json.loads((run / "results" / f"worker-{r}.json").read_text()) for r in (0, 1)]
     assert results[0]["test_acc"] == results[1]["test_acc"]  # one model, kept in step on the PS
+    assert results[0]["model_digest"] == results[1]["model_digest"]
     assert results[0]["test_acc"] > 0.6  # 4 classes: chance is 0.25
     assert len(results[0]["stages"]) == 2 and results[0]["stages"][1]["confident"] > 0
     # hop features and labels (4000 x 16 x 4 levels + two label rounds) are many times the 2 x 1 MiB RAM budget

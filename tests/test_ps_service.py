@@ -102,6 +102,44 @@ def test_ssp_lets_a_worker_run_ahead_by_the_staleness(cluster_factory):
             assert done.wait(10)
 
 
+def test_a_deterministic_ps_applies_a_clocks_pushes_in_worker_order_at_the_barrier(cluster_factory):
+    rng = np.random.default_rng(3)
+    grads = [rng.normal(size=(6, 4)).astype(np.float32) for _ in range(2)]
+    keys = np.arange(6, dtype=np.int64)
+    plain = cluster_factory("plain", num_ps=2, num_workers=1, ram_mb=4, page_kb=64)
+    with PSClient(plain.addresses) as ps:  # Adam's steps do not commute: the order is visible in the bits
+        in_order, reversed_order = (ps.sparse_table(n, dim=4, init=Constant(0.5), optimizer=Adam(lr=0.1))
+                                    for n in ("in-order", "reversed"))
+        for table, order in ((in_order, (0, 1)), (reversed_order, (1, 0))):
+            table.pull(keys)
+            for w in order:
+                table.push(keys, grads[w])
+        expected, other = in_order.pull(keys), reversed_order.pull(keys)
+    assert not np.array_equal(expected, other)
+
+    cluster = cluster_factory("deterministic", num_ps=2, num_workers=2, ram_mb=4, page_kb=64,
+                              extra_args=("--deterministic",))
+    clients = [PSClient(cluster.addresses, worker_id=w, num_workers=2) for w in (0, 1)]
+    try:
+        assert all(h.deterministic for h in clients[0].health())
+        tables = [c.sparse_table("emb", dim=4, init=Constant(0.5), optimizer=Adam(lr=0.1)) for c in clients]
+        initial = tables[0].pull(keys)
+        tables[1].push(keys, grads[1])  # worker 1's push arrives first
+        tables[0].push(keys, grads[0])
+        assert np.array_equal(tables[0].pull(keys), initial)  # held until the clock completes
+        ticked = threading.Thread(target=clients[1].clock, daemon=True)
+        ticked.start()
+        assert np.array_equal(tables[0].pull(keys), initial)  # one worker's clock is not the barrier
+        clients[0].clock()
+        ticked.join(10)
+        assert np.array_equal(tables[1].pull(keys), expected)  # worker 0's update first, then worker 1's
+        with pytest.raises(FailedPrecondition, match="no optimizer"):  # checked on arrival, not at the barrier
+            clients[0].dense_table("plain", (2, 4)).push([0], np.ones((1, 4), np.float32))
+    finally:
+        for c in clients:
+            c.close()
+
+
 def test_kill_9_recovers_the_last_snapshot(cluster_factory):
     cluster = cluster_factory(num_ps=2, num_workers=1, snapshot_every=1, ram_mb=4, page_kb=64)
     keys = np.arange(0, 5000, 7, dtype=np.int64)

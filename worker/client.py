@@ -11,6 +11,8 @@ that is unreachable (restarting) is retried with backoff for ``retry_s``.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import threading
 from abc import ABC, abstractmethod
 import time
@@ -37,6 +39,8 @@ _RETRY_CODES = (grpc.StatusCode.UNAVAILABLE,)
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "bytes": 1}
 _SERVICE = "/" + ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
 T = TypeVar("T")
+
+FLOAT_TABLE_DTYPES = ("float32", "float16", "bfloat16")  #: tables whose rows are weights (PSFs compute on them)
 
 
 @dataclass
@@ -179,6 +183,7 @@ class PSClient:
         self._shards: list[_Shard] = []
         self.connect(addresses)
         self._in_flight = threading.BoundedSemaphore(max_in_flight)
+        self._push_seq = itertools.count(1)  # numbers pushes in the order the worker made them (deterministic PS)
         self._pending: set[Future] = set()
         self._pending_lock = threading.Lock()
         workers = max(4, len(addresses))
@@ -350,6 +355,19 @@ class PSClient:
                   if t.name in tables and version in t.applied_grad_sq]
         return float(sum(values)) if values else None
 
+    def digest(self, tables: Sequence[str] | None = None) -> str:
+        """A hex digest of `tables` (default: every float table this client opened), by name: equal exactly when two
+        runs end with bitwise the same model (reproducible runs, chaos checks)."""
+        names = sorted(n for n, t in self._tables.items() if t.dtype in FLOAT_TABLE_DTYPES) if tables is None else tables
+        unknown = [n for n in names if n not in self._tables]
+        if unknown:
+            raise InvalidArgument(f"digest of tables {unknown} that this client has not opened; open: "
+                                  f"{sorted(self._tables)}")
+        combined = hashlib.sha256()
+        for name in names:
+            combined.update(f"{name}:{self._tables[name].digest()};".encode())
+        return combined.hexdigest()
+
     def health(self) -> list[ps_pb2.HealthReply]:
         return self._all("Health", lambda s: ps_pb2.HealthRequest(), ps_pb2.HealthReply)
 
@@ -432,7 +450,7 @@ class Table(ABC):
         self.name = spec.name
         self.dim = int(spec.dim)
         self.dtype = spec.dtype
-        floating = self.dtype in ("float32", "float16", "bfloat16")
+        floating = self.dtype in FLOAT_TABLE_DTYPES
         self._wire = "float32" if floating else self.dtype  # what pushes carry (float tables: float32 values)
         self._rows_dtype = WIRE_DTYPES[self._wire]  # what pulls return
 
@@ -543,9 +561,10 @@ class Table(ABC):
         (_first_rows if mode == "assign" else _segment_add)(merged, values.reshape(len(keys), self.dim), row_of)
         if not (lr_scale > 0 and np.isfinite(lr_scale)):
             raise InvalidArgument(f"push to {self.name!r}: lr_scale must be a finite number > 0, got {lr_scale}")
+        seq = next(self.client._push_seq)
         return [(s, encode_push_request(self.name, grouped[lo:hi], merged[lo:hi], _PUSH_MODES[mode],
                                         self.client.worker_id, self._wire, version,
-                                        0.0 if lr_scale == 1.0 else lr_scale))
+                                        0.0 if lr_scale == 1.0 else lr_scale, seq))
                 for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if hi > lo]
 
     def _send(self, requests: list[tuple[int, bytes]]) -> None:
@@ -561,6 +580,12 @@ class Table(ABC):
         replies = self.client._all("Call", lambda s: request, ps_pb2.PsfReply)
         partials = [[np.array(decode_array(t)) for t in r.tensors] for r in replies]
         return merge_partials(replies[0].merge, partials, args)
+
+
+    def digest(self) -> str:
+        """A hex digest of the whole table's keys and weights (the PSF ``digest`` of every shard, in shard order):
+        equal exactly when two tables hold bitwise the same model."""
+        return hashlib.sha256(np.asarray(self.call("digest")[0], dtype=np.uint8).tobytes()).hexdigest()
 
 
 class SparseTable(Table):

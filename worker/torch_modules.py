@@ -109,10 +109,14 @@ class PSParameters:
 class PSOptimizer:
     """A torch-optimizer stand-in for a model kept in PSParameters: ``step()`` pushes the gradients, ends the
     worker's clock (under BSP every worker's push of this step is then applied) and pulls the updated weights, so
-    data-parallel workers stay on identical weights while the optimizer itself runs on the PS.
+    data-parallel workers stay on the same weights while the optimizer itself runs on the PS. Only on a
+    deterministic PS (``consistency.deterministic``) are they bitwise the same: otherwise a faster worker's push
+    of the next step may land before a slower worker's pull.
 
     With ``module``, its floating-point buffers (batch-norm running statistics) are averaged over the workers at
-    every step as well, through one PS row per worker, so evaluation gives the same answer on every worker.
+    every step as well, through one PS row per worker and clock, so evaluation gives the same answer on every
+    worker. The rows of consecutive clocks alternate over staleness + 2 blocks: a worker that runs ahead writes
+    the next clock's block while a slower one still reads this one's.
     """
 
     def __init__(self, params: PSParameters, module: torch.nn.Module | None = None) -> None:
@@ -122,7 +126,8 @@ class PSOptimizer:
         self.buffer_table: DenseTable | None = None
         if self.buffers:
             numel = sum(b.numel() for b in self.buffers)
-            self.buffer_table = client.dense_table(f"{params.name}.buffers", (client.num_workers, numel))
+            self.blocks = 2 + max(0, max(h.staleness for h in client.health()))
+            self.buffer_table = client.dense_table(f"{params.name}.buffers", (self.blocks * client.num_workers, numel))
         params.pull()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -135,13 +140,16 @@ class PSOptimizer:
     def step(self) -> None:
         self.params.push()
         client = self.params.client
-        if self.buffer_table is not None:
-            own = torch.cat([b.detach().reshape(-1).to(torch.float32) for b in self.buffers]).numpy()
-            self.buffer_table.push_async([client.worker_id], own[None, :], mode="assign")
+        if self.buffer_table is None:
+            client.clock()
+            self.params.pull()
+            return
+        rows = (client.clock_value % self.blocks) * client.num_workers + np.arange(client.num_workers, dtype=np.int64)
+        own = torch.cat([b.detach().reshape(-1).to(torch.float32) for b in self.buffers]).numpy()
+        self.buffer_table.push_async(rows[client.worker_id:client.worker_id + 1], own[None, :], mode="assign")
         client.clock()
         self.params.pull()
-        if self.buffer_table is not None:
-            self._load_mean(self.buffer_table.pull_all().mean(axis=0))
+        self._load_mean(self.buffer_table.pull(rows).mean(axis=0))
 
     @torch.no_grad()
     def _load_mean(self, flat: np.ndarray) -> None:

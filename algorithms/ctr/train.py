@@ -172,4 +172,5 @@ def train_worker(
             p.grad = None
         client.clock()
 
-    return fit(model, config, StepHooks(params.pull, after_backward), worker_id, num_workers, metrics_cb, start_step)
+    result = fit(model, config, StepHooks(params.pull, after_backward), worker_id, num_workers, metrics_cb, start_step)
+    return result | {"model_digest": client.digest()}  # after the last clock: every push has landed

@@ -147,6 +147,7 @@ class _Run:
                                                    np.asarray(data.test_idx)]))
         self.cache_budget = int(spec.training.hop_cache_mb * 2**20)
         self.feature_cache_bytes = 0
+        self.model_tables: list[str] = []  # each stage's model table, for the result's model digest
 
     def barrier(self) -> None:
         self.ps.clock()
@@ -219,6 +220,7 @@ class _Run:
         t = self.spec.training
         params = PSParameters(self.ps, f"gnn_model_s{stage}", model.named_parameters(),
                               Adam(lr=t.lr, weight_decay=t.weight_decay), cols=MODEL_ROW_COLS)
+        self.model_tables.append(params.name)
         return PSOptimizer(params, model)
 
     def on_step(self, loss: float) -> None:
@@ -282,7 +284,7 @@ def run_gnn(spec: GNNSpec, ctx: JobContext) -> dict[str, Any]:
         "propagation_s": run.propagation_s, "hop_s": run.hop_timings, "train_s": train_s,
         "epoch_s": [b - a for a, b in zip(train_start, run.eval_times)],
         "hop_cache_bytes": run.feature_cache_bytes, "worker_peak_rss_bytes": peak_rss_bytes(),
-        "worker_cpu_s": time.process_time(),
+        "worker_cpu_s": time.process_time(), "model_digest": ctx.ps.digest(run.model_tables),
     }
     if ctx.rank == 0:
         stats = ctx.ps.stats()
