@@ -13,11 +13,81 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+from numba import njit
+from scipy.special import ndtr, ndtri
+
+
+class RandomSource(Protocol):
+    """What initializers draw from: a numpy Generator, or KeyedRandom for sparse rows."""
+
+    def standard_normal(self, size: tuple[int, int], dtype: type = np.float64) -> np.ndarray: ...
+
+    def uniform(self, low: float, high: float, size: tuple[int, int]) -> np.ndarray: ...
 
 
 class Initializer(Protocol):
-    def __call__(self, n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-        """Return float32 [n, dim] initial weights."""
+    def __call__(self, n: int, dim: int, rng: RandomSource) -> np.ndarray:
+        """Return float32 [n, dim] initial weights, drawn once as one [n, dim] array."""
+
+
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+@njit(cache=True)
+def _mix64(x: np.uint64) -> np.uint64:
+    """SplitMix64's finaliser (wrapping uint64 arithmetic): the mix of a counter-based generator."""
+    x = x + np.uint64(_GOLDEN)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True)
+def _row_streams(keys: np.ndarray, seed: np.uint64) -> np.ndarray:
+    out = np.empty(len(keys), dtype=np.uint64)
+    mixed_seed = _mix64(seed)
+    for i in range(len(keys)):
+        out[i] = _mix64(np.uint64(keys[i]) ^ mixed_seed)
+    return out
+
+
+@njit(cache=True)
+def _uniforms(rows: np.ndarray, dim: int, draw: np.uint64) -> np.ndarray:
+    """float64 uniforms in (0, 1), [len(rows), dim], from (row stream, column, draw)."""
+    out = np.empty((len(rows), dim), dtype=np.float64)
+    offset = draw * np.uint64(0xD1B54A32D192ED03)
+    for i in range(len(rows)):
+        for j in range(dim):
+            bits = _mix64(rows[i] + np.uint64(j) * np.uint64(_GOLDEN) + offset)
+            out[i, j] = (np.float64(bits >> np.uint64(11)) + 0.5) * 2.0 ** -53
+    return out
+
+
+class KeyedRandom:
+    """Random draws that depend on (seed, row key, column, draw) only, so a sparse row gets the same initial
+    weights whatever batch, order or shard creates it (reproducible runs; a numpy Generator's stream would follow
+    the order workers' pulls arrive in). Each call draws one [len(keys), dim] array."""
+
+    def __init__(self, seed: int, keys: np.ndarray) -> None:
+        self._rows = _row_streams(np.ascontiguousarray(keys, dtype=np.int64), np.uint64(seed % 2**64))
+        self._draws = 0
+
+    def _uniform01(self, size: tuple[int, int]) -> np.ndarray:
+        """float64 uniforms in (0, 1), [n, dim]."""
+        n, dim = size
+        if n != len(self._rows):
+            raise ValueError(f"KeyedRandom draws one value per row and column: asked for {n} rows, has "
+                             f"{len(self._rows)} keys")
+        self._draws += 1
+        return _uniforms(self._rows, dim, np.uint64(self._draws))
+
+    def uniform(self, low: float, high: float, size: tuple[int, int]) -> np.ndarray:
+        return low + (high - low) * self._uniform01(size)
+
+    def standard_normal(self, size: tuple[int, int], dtype: type = np.float64) -> np.ndarray:
+        """Box-Muller on two uniform draws."""
+        radius = np.sqrt(-2.0 * np.log(self._uniform01(size)))
+        return (radius * np.cos(2.0 * np.pi * self._uniform01(size))).astype(dtype)
 
 
 def _number(kind: str, name: str, param: str, value: Any, type_name: str) -> float | bool:
@@ -70,7 +140,7 @@ def _check_std(kind: str, std: float) -> None:
 class Zeros:
     name: ClassVar[str] = "zeros"
 
-    def __call__(self, n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, n: int, dim: int, rng: RandomSource) -> np.ndarray:
         _check_size(n, dim)
         return np.zeros((n, dim), dtype=np.float32)
 
@@ -80,7 +150,7 @@ class Constant:
     value: float
     name: ClassVar[str] = "constant"
 
-    def __call__(self, n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, n: int, dim: int, rng: RandomSource) -> np.ndarray:
         _check_size(n, dim)
         return np.full((n, dim), self.value, dtype=np.float32)
 
@@ -94,9 +164,9 @@ class Normal:
     def __post_init__(self) -> None:
         _check_std("normal", self.std)
 
-    def __call__(self, n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, n: int, dim: int, rng: RandomSource) -> np.ndarray:
         _check_size(n, dim)
-        out = rng.standard_normal((n, dim), dtype=np.float32)
+        out = np.asarray(rng.standard_normal((n, dim), dtype=np.float32))
         out *= np.float32(self.std)
         out += np.float32(self.mean)
         return out
@@ -114,7 +184,7 @@ class Uniform:
         if not self.low < self.high:
             raise ValueError(f"uniform: low must be < high; got low={self.low}, high={self.high}")
 
-    def __call__(self, n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, n: int, dim: int, rng: RandomSource) -> np.ndarray:
         _check_size(n, dim)
         return rng.uniform(self.low, self.high, (n, dim)).astype(np.float32)
 
@@ -130,14 +200,11 @@ class TruncatedNormal:
     def __post_init__(self) -> None:
         _check_std("truncated_normal", self.std)
 
-    def __call__(self, n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, n: int, dim: int, rng: RandomSource) -> np.ndarray:
         _check_size(n, dim)
-        z = rng.standard_normal(n * dim, dtype=np.float32)
-        bad = np.flatnonzero(np.abs(z) > 2.0)
-        while bad.size:  # about 4.6% redrawn per round, so a handful of rounds
-            z[bad] = rng.standard_normal(bad.size, dtype=np.float32)
-            bad = bad[np.abs(z[bad]) > 2.0]
-        return (z * np.float32(self.std) + np.float32(self.mean)).reshape(n, dim)
+        edge = ndtr(-2.0)  # inverse-CDF sampling of the truncated normal: one draw per value, no redraws
+        z = ndtri(rng.uniform(edge, 1.0 - edge, (n, dim)))
+        return (z * self.std + self.mean).astype(np.float32)
 
 
 INITIALIZERS: dict[str, type] = {c.name: c for c in (Zeros, Constant, Normal, Uniform, TruncatedNormal)}

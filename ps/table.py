@@ -15,7 +15,7 @@ import numpy as np
 from seraphim.proto import ps_pb2
 from seraphim.proto.errors import FailedPrecondition, InvalidArgument
 from seraphim.proto.partition import dense_block, sparse_shard_of
-from seraphim.ps.initializers import initializer_from_spec
+from seraphim.ps.initializers import KeyedRandom, initializer_from_spec
 from seraphim.ps.optimizers import Optimizer, optimizer_from_spec
 from seraphim.ps.row_layout import DTYPES, FLOAT_DTYPES, RowLayout, from_bfloat16_bits
 from seraphim.ps.versions import VersionedRows
@@ -108,13 +108,15 @@ class PSTable:
     def dense_rows(self) -> int | None:
         return self.row_end - self.row_start if self.dense else None
 
-    def init_rows(self, slots: np.ndarray) -> np.ndarray:
+    def init_rows(self, slots: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
         """Initial bytes of new rows: the initializer's weights and zero optimizer state (zero means fresh).
 
-        Seeded by the table seed and the first slot, so a dense page is the same whenever it is first made.
+        A dense page is seeded by the table seed and its first slot, so it is the same whenever it is first made;
+        sparse rows draw from their keys (KeyedRandom), so they do not depend on which pull made them.
         """
         n = len(slots)
-        rng = np.random.default_rng([int(self.spec.seed), self.shard, int(slots[0]) if n else 0])
+        rng = (KeyedRandom(int(self.spec.seed), keys) if keys is not None
+               else np.random.default_rng([int(self.spec.seed), self.shard, int(slots[0]) if n else 0]))
         if self.spec.dtype in FLOAT_DTYPES:
             weights = self.initializer(n, self.layout.dim, rng)
         elif self.spec.dtype == "int64":

@@ -47,7 +47,9 @@ from seraphim.storage.lmdb_tier import DURABILITY, KEY_CHUNK, LmdbTier, PageWrit
 from seraphim.storage.page_kernels import frame_views, gather_rows, pin_pages, scatter_rows, slots_of_pages
 from seraphim.storage.write_stage import WriteStage
 
-InitRows = Callable[[np.ndarray], np.ndarray]  # slots int64 [n] -> rows uint8 [n, row_bytes] (initial contents)
+#: (slots int64 [n], their keys int64 [n] for a sparse table or None for a dense one) -> rows uint8 [n, row_bytes],
+#: the new rows' initial contents; a sparse row's key lets them be the same whatever order rows are made in
+InitRows = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
 WRITE_BATCH_BYTES = 4 << 20  # pages copied per lock hold by write-back: bounds how long readers wait
 STAGE_BYTES = 4 << 20  # each of the WriteStage's two buffers: at most this and 1/16 of the budget (>= 1 page)
@@ -195,7 +197,7 @@ class ShardStore:
             new_keys = missing_keys[np.sort(first)]
             start = len(table.index)
             new_slots = np.arange(start, start + new_keys.shape[0], dtype=np.int64)
-            rows = _as_rows(init(new_slots), new_slots.shape[0], table.row_bytes, f"init_rows of table {name!r}")
+            rows = _as_rows(init(new_slots, new_keys), new_slots.shape[0], table.row_bytes, f"init_rows of table {name!r}")
             table.index.lookup_or_insert(new_keys)
             table.ensure_pages(-(-len(table.index) // table.rows_per_page))
             slots[missing] = table.index.lookup(missing_keys)
@@ -511,7 +513,7 @@ class ShardStore:
             arena.data[frames[absent]] = 0
             if table.index is None:
                 init_slots = slots_of_pages(pages[absent], table.rows_per_page, table.dense_rows)
-                rows = _as_rows(self._init_of(table)(init_slots), init_slots.shape[0], table.row_bytes,
+                rows = _as_rows(self._init_of(table)(init_slots, None), init_slots.shape[0], table.row_bytes,
                                 f"init_rows of table {table.name!r}")
         table.page_frame[pages] = frames
         arena.assign(frames, table.tid, pages, table.count[pages], tick)

@@ -90,7 +90,7 @@ def test_key_index_spreads_the_keys_of_one_shard():
 
 
 # ------------------------------------------------------------ paging vs RAM
-def random_init(slots: np.ndarray) -> np.ndarray:
+def random_init(slots: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
     """A non-deterministic initializer: stored pages must be read back as first built, never rebuilt."""
     return np.random.default_rng().integers(0, 256, (slots.size, ROW), dtype=np.uint8)
 
@@ -101,7 +101,7 @@ class Recorder:
     def __init__(self) -> None:
         self.rows: dict[int, np.ndarray] = {}
 
-    def __call__(self, slots: np.ndarray) -> np.ndarray:
+    def __call__(self, slots: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
         rows = random_init(slots)
         for s, r in zip(slots.tolist(), rows):
             assert s not in self.rows, f"slot {s} initialized twice"
@@ -109,7 +109,7 @@ class Recorder:
         return rows
 
 
-def slot_init(slots: np.ndarray) -> np.ndarray:
+def slot_init(slots: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
     """The crash children's initializer (row bytes = slot % 251)."""
     return np.repeat((slots % 251).astype(np.uint8)[:, None], ROW, axis=1)
 
@@ -320,7 +320,7 @@ import sys, numpy as np
 from seraphim.storage import ShardStore
 PAGE, ROW = {page}, {row}
 RPP = PAGE // ROW
-def init(s):
+def init(s, keys):
     return np.repeat((s % 251).astype(np.uint8)[:, None], ROW, axis=1)
 """
 

@@ -40,8 +40,6 @@ _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "bytes": 1}
 _SERVICE = "/" + ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
 T = TypeVar("T")
 
-FLOAT_TABLE_DTYPES = ("float32", "float16", "bfloat16")  #: tables whose rows are weights (PSFs compute on them)
-
 
 @dataclass
 class _Shard:
@@ -356,9 +354,9 @@ class PSClient:
         return float(sum(values)) if values else None
 
     def digest(self, tables: Sequence[str] | None = None) -> str:
-        """A hex digest of `tables` (default: every float table this client opened), by name: equal exactly when two
-        runs end with bitwise the same model (reproducible runs, chaos checks)."""
-        names = sorted(n for n, t in self._tables.items() if t.dtype in FLOAT_TABLE_DTYPES) if tables is None else tables
+        """A hex digest of `tables` (default: every table with an optimizer that this client opened: the trained
+        model), by name: equal exactly when two runs end with bitwise the same model (reproducible runs, chaos)."""
+        names = sorted(n for n, t in self._tables.items() if t.spec.optimizer.name) if tables is None else tables
         unknown = [n for n in names if n not in self._tables]
         if unknown:
             raise InvalidArgument(f"digest of tables {unknown} that this client has not opened; open: "
@@ -450,7 +448,7 @@ class Table(ABC):
         self.name = spec.name
         self.dim = int(spec.dim)
         self.dtype = spec.dtype
-        floating = self.dtype in FLOAT_TABLE_DTYPES
+        floating = self.dtype in ("float32", "float16", "bfloat16")
         self._wire = "float32" if floating else self.dtype  # what pushes carry (float tables: float32 values)
         self._rows_dtype = WIRE_DTYPES[self._wire]  # what pulls return
 

@@ -305,6 +305,7 @@ class LMRun:
             history = self._loop(model, paged, data, memo)
             evaluation = self._evaluate(model, paged, data)
             result = self._summary(config, paged, history, evaluation)
+            result["model_digest"] = ctx.ps.digest(self.gradient_tables())  # evaluation read the final version
             if ctx.rank == 0:
                 result["samples"] = self._samples(model, paged)
                 self.write_model(paged, config)
