@@ -60,7 +60,7 @@ class ParameterServer:
         for name, meta in self.store.tables().items():
             table = PSTable(ps_pb2.TableSpec.FromString(meta), config.shard, self.store)
             self.store.open_table(name, table.init_rows)
-            table.start_versions(recovered=True)
+            table.start_versions(recovered=True, ordered_sums=config.deterministic)
             self.tables[name] = table
         self.restored_clock = self.store.restored_clock
         self.clocks = ClockTable(config.num_workers, config.staleness, start=self.restored_clock or 0,
@@ -98,7 +98,7 @@ class ParameterServer:
                                         table.init_rows)
             except ValueError as exc:
                 raise InvalidArgument(f"table {spec.name!r}: {exc}") from exc
-            table.start_versions(recovered=False)
+            table.start_versions(recovered=False, ordered_sums=self.config.deterministic)
             self.tables[spec.name] = table
             self.store.snapshot(self.clocks.min_clock)
             return table.info(created=True)

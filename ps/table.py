@@ -80,15 +80,16 @@ class PSTable:
         self._scale_values = np.array([g.scale for g in groups], dtype=np.float32)
         self.versions: VersionedRows | None = None  # set by start_versions for a versioned table
 
-    def start_versions(self, recovered: bool) -> None:
-        """Versioned tables: each row's version from its stored step count (a recovered table), or 0 (a new one)."""
+    def start_versions(self, recovered: bool, ordered_sums: bool = False) -> None:
+        """Versioned tables: each row's version from its stored step count (a recovered table), or 0 (a new one);
+        ordered_sums sums a version's gradients in worker order (deterministic mode)."""
         if not self.spec.sum_workers:
             return
         versions = np.zeros(self.dense_rows, dtype=np.int64)
         if recovered:
             for slots, rows in self.store.scan(self.name):
                 versions[slots] = self.layout.state(rows)[:, -1].astype(np.int64)
-        self.versions = VersionedRows(self.name, versions, self.layout.dim, int(self.spec.sum_workers))
+        self.versions = VersionedRows(self.name, versions, self.layout.dim, int(self.spec.sum_workers), ordered_sums)
 
     def reading(self, keys: np.ndarray, min_version: int, wait_s: float) -> ContextManager[np.ndarray | None]:
         """Around a pull: a versioned table waits until the keys' rows hold min_version, then keeps updates out

@@ -37,11 +37,14 @@ ApplyFn = Callable[[np.ndarray, np.ndarray, float], None]  # (local rows, summed
 
 
 class _Accumulator:
-    """The gradient sums of one version: a slot per row that some worker has pushed, reused once applied."""
+    """The gradient sums of one version: a slot per row that some worker has pushed, reused once applied. Ordered,
+    it keeps each worker's gradients apart ([slot, worker, dim]) and sums them in worker order when the row is
+    complete, so the sum's bits do not depend on the order pushes arrived in (deterministic mode)."""
 
-    def __init__(self, n_rows: int, dim: int, workers: int) -> None:
+    def __init__(self, n_rows: int, dim: int, workers: int, ordered: bool = False) -> None:
         self.slot_of_row = np.full(n_rows, -1, dtype=np.int64)
-        self.sums = np.zeros((0, dim), dtype=np.float32)
+        self.ordered = ordered
+        self.sums = np.zeros((0, workers, dim) if ordered else (0, dim), dtype=np.float32)
         self.added = np.zeros((0, workers), dtype=bool)  # which workers' gradients a slot holds
         self.counts = np.zeros(0, dtype=np.int32)
         self.free: list[np.ndarray] = []
@@ -68,7 +71,7 @@ class _Accumulator:
             if start + extra > len(self.counts):
                 cap = max(start + extra, 2 * len(self.counts))
                 grow = cap - len(self.counts)
-                self.sums = np.concatenate([self.sums, np.zeros((grow, self.sums.shape[1]), dtype=np.float32)])
+                self.sums = np.concatenate([self.sums, np.zeros((grow, *self.sums.shape[1:]), dtype=np.float32)])
                 self.added = np.concatenate([self.added, np.zeros((grow, self.added.shape[1]), dtype=bool)])
                 self.counts = np.concatenate([self.counts, np.zeros(grow, dtype=np.int32)])
             self.used = start + extra
@@ -77,6 +80,22 @@ class _Accumulator:
         self.added[taken] = False
         self.counts[taken] = 0
         return taken
+
+    def add(self, slots: np.ndarray, worker: int, grads: np.ndarray) -> None:
+        if self.ordered:
+            self.sums[slots, worker] = grads
+        else:
+            self.sums[slots] += grads
+
+    def total(self, slots: np.ndarray) -> np.ndarray:
+        """The summed gradients of complete slots."""
+        if not self.ordered:
+            return self.sums[slots]
+        parts = self.sums[slots]
+        total = parts[:, 0].copy()
+        for worker in range(1, parts.shape[1]):
+            total += parts[:, worker]
+        return total
 
     def release(self, rows: np.ndarray) -> None:
         slots = self.slot_of_row[rows]
@@ -91,10 +110,11 @@ class _Accumulator:
 class VersionedRows:
     """Versions and gradient accumulators of one table partition's rows (local row numbers 0..n_rows-1)."""
 
-    def __init__(self, table: str, versions: np.ndarray, dim: int, sum_workers: int) -> None:
+    def __init__(self, table: str, versions: np.ndarray, dim: int, sum_workers: int, ordered: bool = False) -> None:
         if sum_workers < 1:
             raise ValueError(f"sum_workers must be >= 1, got {sum_workers}")
         self.table = table
+        self.ordered = ordered  # sum a version's gradients in worker order (deterministic mode)
         self.versions = np.asarray(versions, dtype=np.int64).copy()
         self.dim = dim
         self.sum_workers = sum_workers
@@ -128,12 +148,13 @@ class VersionedRows:
                     grads = grads[current]
                 acc = self._pending.get(version)
                 if acc is None:
-                    acc = self._pending[version] = _Accumulator(len(self.versions), self.dim, self.sum_workers)
+                    acc = self._pending[version] = _Accumulator(len(self.versions), self.dim, self.sum_workers,
+                                                                self.ordered)
                 slots = acc.slots(rows)
                 fresh = ~acc.added[slots, worker]
                 rows, slots = rows[fresh], slots[fresh]
                 if grads is not None:
-                    acc.sums[slots] += grads[fresh]
+                    acc.add(slots, worker, grads[fresh])
                 acc.added[slots, worker] = True
                 acc.counts[slots] += 1
                 acc.lr_factor = lr_factor
@@ -155,7 +176,7 @@ class VersionedRows:
                 ready = (acc.counts[slots] == self.sum_workers) & (self.versions[rows] == version)
                 if ready.any():
                     rows, slots = rows[ready], slots[ready]
-                    sums = acc.sums[slots]
+                    sums = acc.total(slots)
                     apply(rows, sums, acc.lr_factor)
                     self._record(version, sums)
                     self.versions[rows] = version + 1

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from seraphim.proto.errors import DeadlineExceeded, InvalidArgument
+from seraphim.ps.versions import VersionedRows
 from seraphim.scheduler.local_cluster import LocalCluster, PSProcessSpec
 from seraphim.worker.client import PSClient
 from seraphim.worker.specs import SGD, AdamW, Zeros
@@ -144,3 +145,20 @@ def test_versioned_tables_need_a_dense_step_counting_optimizer(shared_ps):
             with pytest.raises(InvalidArgument, match="summed over workers 0..1"):
                 _table(third).push([0], np.ones((1, DIM), np.float32))
         assert pages.pull_versioned([0])[1].tolist() == [0]
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_ordered_sums_do_not_depend_on_the_order_pushes_arrive_in(ordered):
+    """Three workers' float32 gradients: arrival order changes an unordered sum's bits; deterministic mode's
+    ordered sum is the same for every order."""
+    grads = {0: np.float32([[1e8]]), 1: np.float32([[1.0]]), 2: np.float32([[-1e8]])}
+    applied = set()
+    for order in ((0, 1, 2), (2, 0, 1), (1, 2, 0)):
+        rows = VersionedRows("t", np.zeros(1, np.int64), dim=1, sum_workers=3, ordered=ordered)
+        sums = []
+        for worker in order:
+            rows.add(np.array([0]), grads[worker], version=0, worker=worker, lr_factor=1.0,
+                     apply=lambda r, s, f: sums.append(s.copy()))
+        assert len(sums) == 1 and rows.versions[0] == 1
+        applied.add(float(sums[0][0, 0]))
+    assert len(applied) == (1 if ordered else 2)
