@@ -14,7 +14,11 @@ reference is timed the same way from its per-step callback. ``*_wall_steps_per_s
 over the wall-clock time of the whole ``seraphim run`` (process start-up, scheduler and PS start, final evaluation
 and run reports included), or of the whole ``train_reference`` call (table allocation and final evaluation included).
 
-The four configurations run in --rounds interleaved rounds, the order rotating each round, and each figure is the
+A fifth configuration runs 2 workers with ``consistency.deterministic`` (each clock's pushes held on the PS and
+applied in worker order): ``ratio_deterministic_vs_bsp_2w`` is its cost, and ``deterministic_runs_equal`` counts
+its runs (one per round) whose final model is bitwise the first's (``model_digest``).
+
+The configurations run in --rounds interleaved rounds, the order rotating each round, and each figure is the
 best of its rounds, so load from elsewhere on the host falls on all of them alike rather than on whichever ran last.
 
     python bench/e2e.py [--steps 300] [--warmup 20] [--rounds 2]
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import re
 import signal
@@ -56,10 +61,12 @@ _STARTED = re.compile(r"started (\S+) \(attempt (\d+), pid (\d+)\)")
 
 @dataclass
 class Throughput:
-    """One measured run: steady-state global steps/s, and steps/s over the whole run's wall clock."""
+    """One measured run: steady-state global steps/s, steps/s over the whole run's wall clock, and (a platform run)
+    the digest of the model worker 0 ended with."""
 
     steps_per_s: float
     wall_steps_per_s: float
+    digest: str = ""
 
 
 def span_rate(step_seconds: dict[int, float], first: int, last: int, source: str) -> float:
@@ -170,16 +177,19 @@ def run_job(job: dict[str, Any], runs_dir: Path) -> tuple[Path, float]:
 
 
 def run_platform(job: dict[str, Any], workers: int, runs_dir: Path, warmup: int, tag: str,
-                 steps: int | None = None) -> Throughput:
+                 steps: int | None = None, deterministic: bool = False) -> Throughput:
     """Run the job with `workers` workers through ``seraphim run`` and measure it from the workers' metrics;
     tag makes the run's name (and so its directory under runs_dir) unique. `steps` is each worker's step count
-    (default: the CTR spec's ``train.steps``)."""
-    job = {**job, "name": f"{job['name']}-e2e-{workers}w-{tag}", "cluster": {**job["cluster"], "workers": workers}}
+    (default: the CTR spec's ``train.steps``); `deterministic` sets ``consistency.deterministic``."""
+    kind = "det" if deterministic else "e2e"
+    job = {**job, "name": f"{job['name']}-{kind}-{workers}w-{tag}", "cluster": {**job["cluster"], "workers": workers},
+           "consistency": {**job.get("consistency", {}), "deterministic": deterministic}}
     steps = job["train"]["steps"] if steps is None else steps
     run_dir, wall = run_job(job, runs_dir)
     rates = [span_rate(read_step_seconds(run_dir / "metrics" / f"worker-{r}.csv"), warmup, steps - 2,
                        f"{run_dir}/metrics/worker-{r}.csv") for r in range(workers)]
-    return Throughput(sum(rates), workers * steps / wall)
+    digest = json.loads((run_dir / "results" / "worker-0.json").read_text()).get("model_digest", "")
+    return Throughput(sum(rates), workers * steps / wall, digest)
 
 
 def run_reference(config: CTRConfig, threads: int, warmup: int) -> Throughput:
@@ -223,13 +233,14 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     threads = sorted({1, cores})
-    configs = [("platform", w) for w in WORKER_COUNTS] + [("single", t) for t in threads]
+    configs = [("platform", w) for w in WORKER_COUNTS] + [("deterministic", 2)] + [("single", t) for t in threads]
     measured: dict[tuple[str, int], list[Throughput]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory(prefix="seraphim-e2e-") as tmp:
         for r in range(a.rounds):
             for kind, n in configs[r % len(configs):] + configs[: r % len(configs)]:
-                measured[kind, n].append(run_platform(job, n, Path(tmp), a.warmup, f"r{r}") if kind == "platform"
-                                         else run_reference(config, n, a.warmup))
+                measured[kind, n].append(
+                    run_reference(config, n, a.warmup) if kind == "single"
+                    else run_platform(job, n, Path(tmp), a.warmup, f"r{r}", deterministic=kind == "deterministic"))
     best_of = {c: Throughput(max(t.steps_per_s for t in runs), max(t.wall_steps_per_s for t in runs))
                for c, runs in measured.items()}
     platform = {w: best_of["platform", w] for w in WORKER_COUNTS}
@@ -253,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
                                                         / max(tp.wall_steps_per_s for tp in single.values()))
     figures["scaling_1_to_2_workers"] = platform[2].steps_per_s / platform[1].steps_per_s
     figures["scaling_1_to_2_workers_wall"] = platform[2].wall_steps_per_s / platform[1].wall_steps_per_s
+    deterministic = best_of["deterministic", 2]
+    figures["platform_2w_deterministic_steps_per_s"] = deterministic.steps_per_s
+    figures["ratio_deterministic_vs_bsp_2w"] = deterministic.steps_per_s / platform[2].steps_per_s
+    digests = [t.digest for t in measured["deterministic", 2]]
+    figures["deterministic_runs"] = len(digests)
+    figures["deterministic_runs_equal"] = digests.count(digests[0])  # runs whose model equals the first's, bitwise
     print(f"# single-process peer: the faster is {best_threads} thread(s); ratios compare against it", flush=True)
     print_figures(figures)
     print(f"# measured in {time.perf_counter() - started:.0f} s", flush=True)

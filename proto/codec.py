@@ -143,9 +143,11 @@ def pull_reply_buffer(dtype: str, shape: tuple[int, ...],
 
 
 def encode_push_request(table: str, keys: np.ndarray, values: np.ndarray, mode: int, worker: int,
-                        dtype: str | None = None, version: int = 0, lr_scale: float = 0.0, seq: int = 0) -> bytes:
+                        dtype: str | None = None, version: int = 0, lr_scale: float = 0.0, seq: int = 0,
+                        clock: int = 0) -> bytes:
     """Wire bytes of ``PushRequest(table=table, keys=encode_keys(keys), values=encode_array(values, dtype),
-    mode=mode, worker=worker, version=version, lr_scale=lr_scale, seq=seq)``, keys and values copied once."""
+    mode=mode, worker=worker, version=version, lr_scale=lr_scale, seq=seq, clock=clock)``, keys and values copied
+    once."""
     name, wire = _wire_array(values, dtype)
     keys = np.ascontiguousarray(keys, dtype="<i8")
     table_bytes = table.encode()
@@ -157,6 +159,7 @@ def encode_push_request(table: str, keys: np.ndarray, values: np.ndarray, mode: 
     tail += _varint(6 << 3) + _varint(version) if version else b""
     tail += _varint(7 << 3 | _I32) + np.float32(lr_scale).tobytes() if lr_scale else b""
     tail += _varint(8 << 3) + _varint(seq) if seq else b""
+    tail += _varint(9 << 3) + _varint(clock) if clock else b""
     return b"".join((head, keys, middle, wire, tail))
 
 
@@ -302,6 +305,7 @@ class PushFields:
     version: int = 0
     lr_scale: float = 0.0
     seq: int = 0
+    clock: int = 0
 
 
 def decode_push_request(data: bytes) -> PushFields:
@@ -310,18 +314,21 @@ def decode_push_request(data: bytes) -> PushFields:
     if fields is None:
         msg = _parse(ps_pb2.PushRequest, data)
         fields = {1: memoryview(msg.table.encode()), 2: memoryview(msg.keys), 4: int(msg.mode), 5: int(msg.worker),
-                  6: int(msg.version), 7: memoryview(np.float32(msg.lr_scale).tobytes()), 8: int(msg.seq)}
+                  6: int(msg.version), 7: memoryview(np.float32(msg.lr_scale).tobytes()), 8: int(msg.seq),
+                  9: int(msg.clock)}
         if msg.HasField("values"):
             fields[3] = memoryview(msg.values.SerializeToString())
     table, keys, values, mode = fields.get(1, b""), fields.get(2, b""), fields.get(3), fields.get(4, 0)
-    worker, version, lr_scale, seq = fields.get(5, 0), fields.get(6, 0), fields.get(7, bytes(4)), fields.get(8, 0)
+    worker, version, lr_scale = fields.get(5, 0), fields.get(6, 0), fields.get(7, bytes(4))
+    seq, clock = fields.get(8, 0), fields.get(9, 0)
     if (isinstance(table, int) or isinstance(keys, int) or not isinstance(mode, int) or not isinstance(worker, int)
             or not isinstance(version, int) or isinstance(lr_scale, int) or len(lr_scale) != 4
-            or not isinstance(seq, int)):
+            or not isinstance(seq, int) or not isinstance(clock, int)):
         raise InvalidArgument("malformed PushRequest: table and keys must be length-delimited fields, mode, worker, "
-                              "version and seq varints, lr_scale a 32-bit float")
+                              "version, seq and clock varints, lr_scale a 32-bit float")
     name = bytes(table).decode(errors="replace")
     if not isinstance(values, memoryview):
         raise InvalidArgument(f"push to {name!r} carries no values")
     return PushFields(name, decode_keys(keys), _tensor_view(values), _signed(mode, 32), _signed(worker, 32),
-                      _signed(version, 64), float(np.frombuffer(lr_scale, dtype="<f4")[0]), _signed(seq, 64))
+                      _signed(version, 64), float(np.frombuffer(lr_scale, dtype="<f4")[0]), _signed(seq, 64),
+                      _signed(clock, 64))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from seraphim.proto import common_pb2 as seraphim_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17seraphim/proto/ps.proto\x12\x0bseraphim.ps\x1a\x1bseraphim/proto/common.proto\"\x88\x01\n\x0fInitializerSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x38\n\x06params\x18\x02 \x03(\x0b\x32(.seraphim.ps.InitializerSpec.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x84\x01\n\rOptimizerSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x06params\x18\x02 \x03(\x0b\x32&.seraphim.ps.OptimizerSpec.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"9\n\x0cLrScaleGroup\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\x12\r\n\x05scale\x18\x03 \x01(\x01\"\xa9\x02\n\tTableSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.seraphim.ps.TableKind\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x0b\n\x03\x64im\x18\x05 \x01(\x03\x12*\n\x04init\x18\x06 \x01(\x0b\x32\x1c.seraphim.ps.InitializerSpec\x12-\n\toptimizer\x18\x07 \x01(\x0b\x32\x1a.seraphim.ps.OptimizerSpec\x12,\n\tlr_scales\x18\x08 \x03(\x0b\x32\x19.seraphim.ps.LrScaleGroup\x12\x12\n\nnum_shards\x18\t \x01(\x05\x12\x0c\n\x04seed\x18\n \x01(\x03\x12\x13\n\x0bsum_workers\x18\x0b \x01(\x05\"I\n\x12\x43reateTableRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.seraphim.ps.TableSpec\x12\r\n\x05shard\x18\x02 \x01(\x05\"x\n\tTableInfo\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.seraphim.ps.TableSpec\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x11\n\trow_start\x18\x03 \x01(\x03\x12\x0f\n\x07row_end\x18\x04 \x01(\x03\x12\x10\n\x08num_rows\x18\x05 \x01(\x03\" \n\x10\x44ropTableRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"!\n\x0e\x44ropTableReply\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"r\n\x0bPullRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\x0e\n\x06worker\x18\x03 \x01(\x05\x12\x11\n\tread_only\x18\x04 \x01(\x08\x12\x13\n\x0bmin_version\x18\x05 \x01(\x03\x12\x0e\n\x06wait_s\x18\x06 \x01(\x01\"F\n\tPullReply\x12\'\n\x06values\x18\x01 \x01(\x0b\x32\x17.seraphim.common.Tensor\x12\x10\n\x08versions\x18\x02 \x03(\x03\"\xb8\x01\n\x0bPushRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\'\n\x06values\x18\x03 \x01(\x0b\x32\x17.seraphim.common.Tensor\x12#\n\x04mode\x18\x04 \x01(\x0e\x32\x15.seraphim.ps.PushMode\x12\x0e\n\x06worker\x18\x05 \x01(\x05\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x10\n\x08lr_scale\x18\x07 \x01(\x02\x12\x0b\n\x03seq\x18\x08 \x01(\x03\"\x19\n\tPushReply\x12\x0c\n\x04rows\x18\x01 \x01(\x03\"\xc1\x01\n\nPsfRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x04\x61rgs\x18\x03 \x03(\x0b\x32!.seraphim.ps.PsfRequest.ArgsEntry\x12(\n\x07tensors\x18\x04 \x03(\x0b\x32\x17.seraphim.common.Tensor\x12\x0e\n\x06worker\x18\x05 \x01(\x05\x1a+\n\tArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x08PsfReply\x12(\n\x07tensors\x18\x01 \x03(\x0b\x32\x17.seraphim.common.Tensor\x12\r\n\x05merge\x18\x02 \x01(\t\"@\n\x0c\x43lockRequest\x12\x0e\n\x06worker\x18\x01 \x01(\x05\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\x12\x11\n\ttimeout_s\x18\x03 \x01(\x01\"/\n\nClockReply\x12\x11\n\tmin_clock\x18\x01 \x01(\x03\x12\x0e\n\x06\x63locks\x18\x02 \x03(\x03\"\x11\n\x0fGetClockRequest\"\x11\n\x0fSnapshotRequest\"\x1e\n\rSnapshotReply\x12\r\n\x05\x63lock\x18\x01 \x01(\x03\"\x88\x03\n\nTableStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x11\n\tbytes_ram\x18\x04 \x01(\x03\x12\x12\n\nbytes_disk\x18\x05 \x01(\x03\x12\x0c\n\x04hits\x18\x06 \x01(\x03\x12\x0e\n\x06misses\x18\x07 \x01(\x03\x12\x10\n\x08hit_rate\x18\x08 \x01(\x01\x12\x11\n\tpull_rows\x18\t \x01(\x03\x12\x11\n\tpush_rows\x18\n \x01(\x03\x12\x17\n\x0fpull_rows_per_s\x18\x0b \x01(\x01\x12\x17\n\x0fpush_rows_per_s\x18\x0c \x01(\x01\x12\x43\n\x0f\x61pplied_grad_sq\x18\r \x03(\x0b\x32*.seraphim.ps.TableStats.AppliedGradSqEntry\x12\x12\n\npull_bytes\x18\x0e \x01(\x03\x12\x12\n\npush_bytes\x18\x0f \x01(\x03\x1a\x34\n\x12\x41ppliedGradSqEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0e\n\x0cStatsRequest\"\xc0\x01\n\nStatsReply\x12\'\n\x06tables\x18\x01 \x03(\x0b\x32\x17.seraphim.ps.TableStats\x12\x12\n\nram_budget\x18\x02 \x01(\x03\x12\x10\n\x08ram_used\x18\x03 \x01(\x03\x12\x12\n\nlmdb_bytes\x18\x04 \x01(\x03\x12\x11\n\tevictions\x18\x05 \x01(\x03\x12\x10\n\x08uptime_s\x18\x06 \x01(\x01\x12\x16\n\x0epeak_rss_bytes\x18\x07 \x01(\x03\x12\x12\n\npage_bytes\x18\x08 \x01(\x03\"\x0f\n\rHealthRequest\"\xd9\x01\n\x0bHealthReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x12\n\nnum_shards\x18\x03 \x01(\x05\x12\x16\n\x0erestored_clock\x18\x04 \x01(\x03\x12\x11\n\tmin_clock\x18\x05 \x01(\x03\x12\x13\n\x0bnum_workers\x18\x06 \x01(\x05\x12\x11\n\tstaleness\x18\x07 \x01(\x05\x12\x0b\n\x03pid\x18\x08 \x01(\x03\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x0e\n\x06tables\x18\n \x03(\t\x12\x15\n\rdeterministic\x18\x0b \x01(\x08*\"\n\tTableKind\x12\t\n\x05\x44\x45NSE\x10\x00\x12\n\n\x06SPARSE\x10\x01*9\n\x08PushMode\x12\x0c\n\x08GRADIENT\x10\x00\x12\n\n\x06\x41SSIGN\x10\x01\x12\x07\n\x03\x41\x44\x44\x10\x02\x12\n\n\x06\x41\x42SENT\x10\x03\x32\xd0\x05\n\x0fParameterServer\x12\x46\n\x0b\x43reateTable\x12\x1f.seraphim.ps.CreateTableRequest\x1a\x16.seraphim.ps.TableInfo\x12G\n\tDropTable\x12\x1d.seraphim.ps.DropTableRequest\x1a\x1b.seraphim.ps.DropTableReply\x12\x38\n\x04Pull\x12\x18.seraphim.ps.PullRequest\x1a\x16.seraphim.ps.PullReply\x12\x38\n\x04Push\x12\x18.seraphim.ps.PushRequest\x1a\x16.seraphim.ps.PushReply\x12\x36\n\x04\x43\x61ll\x12\x17.seraphim.ps.PsfRequest\x1a\x15.seraphim.ps.PsfReply\x12;\n\x05\x43lock\x12\x19.seraphim.ps.ClockRequest\x1a\x17.seraphim.ps.ClockReply\x12\x41\n\x08GetClock\x12\x1c.seraphim.ps.GetClockRequest\x1a\x17.seraphim.ps.ClockReply\x12\x44\n\x08Snapshot\x12\x1c.seraphim.ps.SnapshotRequest\x1a\x1a.seraphim.ps.SnapshotReply\x12;\n\x05Stats\x12\x19.seraphim.ps.StatsRequest\x1a\x17.seraphim.ps.StatsReply\x12>\n\x06Health\x12\x1a.seraphim.ps.HealthRequest\x1a\x18.seraphim.ps.HealthReply\x12=\n\x07\x43hunked\x12\x16.seraphim.common.Chunk\x1a\x16.seraphim.common.Chunk(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17seraphim/proto/ps.proto\x12\x0bseraphim.ps\x1a\x1bseraphim/proto/common.proto\"\x88\x01\n\x0fInitializerSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x38\n\x06params\x18\x02 \x03(\x0b\x32(.seraphim.ps.InitializerSpec.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x84\x01\n\rOptimizerSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x06params\x18\x02 \x03(\x0b\x32&.seraphim.ps.OptimizerSpec.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"9\n\x0cLrScaleGroup\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\x12\r\n\x05scale\x18\x03 \x01(\x01\"\xa9\x02\n\tTableSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.seraphim.ps.TableKind\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x0b\n\x03\x64im\x18\x05 \x01(\x03\x12*\n\x04init\x18\x06 \x01(\x0b\x32\x1c.seraphim.ps.InitializerSpec\x12-\n\toptimizer\x18\x07 \x01(\x0b\x32\x1a.seraphim.ps.OptimizerSpec\x12,\n\tlr_scales\x18\x08 \x03(\x0b\x32\x19.seraphim.ps.LrScaleGroup\x12\x12\n\nnum_shards\x18\t \x01(\x05\x12\x0c\n\x04seed\x18\n \x01(\x03\x12\x13\n\x0bsum_workers\x18\x0b \x01(\x05\"I\n\x12\x43reateTableRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.seraphim.ps.TableSpec\x12\r\n\x05shard\x18\x02 \x01(\x05\"x\n\tTableInfo\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.seraphim.ps.TableSpec\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x11\n\trow_start\x18\x03 \x01(\x03\x12\x0f\n\x07row_end\x18\x04 \x01(\x03\x12\x10\n\x08num_rows\x18\x05 \x01(\x03\" \n\x10\x44ropTableRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"!\n\x0e\x44ropTableReply\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\"r\n\x0bPullRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\x0e\n\x06worker\x18\x03 \x01(\x05\x12\x11\n\tread_only\x18\x04 \x01(\x08\x12\x13\n\x0bmin_version\x18\x05 \x01(\x03\x12\x0e\n\x06wait_s\x18\x06 \x01(\x01\"F\n\tPullReply\x12\'\n\x06values\x18\x01 \x01(\x0b\x32\x17.seraphim.common.Tensor\x12\x10\n\x08versions\x18\x02 \x03(\x03\"\xc7\x01\n\x0bPushRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\'\n\x06values\x18\x03 \x01(\x0b\x32\x17.seraphim.common.Tensor\x12#\n\x04mode\x18\x04 \x01(\x0e\x32\x15.seraphim.ps.PushMode\x12\x0e\n\x06worker\x18\x05 \x01(\x05\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x10\n\x08lr_scale\x18\x07 \x01(\x02\x12\x0b\n\x03seq\x18\x08 \x01(\x03\x12\r\n\x05\x63lock\x18\t \x01(\x03\"\x19\n\tPushReply\x12\x0c\n\x04rows\x18\x01 \x01(\x03\"\xc1\x01\n\nPsfRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x04\x61rgs\x18\x03 \x03(\x0b\x32!.seraphim.ps.PsfRequest.ArgsEntry\x12(\n\x07tensors\x18\x04 \x03(\x0b\x32\x17.seraphim.common.Tensor\x12\x0e\n\x06worker\x18\x05 \x01(\x05\x1a+\n\tArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x08PsfReply\x12(\n\x07tensors\x18\x01 \x03(\x0b\x32\x17.seraphim.common.Tensor\x12\r\n\x05merge\x18\x02 \x01(\t\"@\n\x0c\x43lockRequest\x12\x0e\n\x06worker\x18\x01 \x01(\x05\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\x12\x11\n\ttimeout_s\x18\x03 \x01(\x01\"/\n\nClockReply\x12\x11\n\tmin_clock\x18\x01 \x01(\x03\x12\x0e\n\x06\x63locks\x18\x02 \x03(\x03\"\x11\n\x0fGetClockRequest\"\x11\n\x0fSnapshotRequest\"\x1e\n\rSnapshotReply\x12\r\n\x05\x63lock\x18\x01 \x01(\x03\"\x88\x03\n\nTableStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x11\n\tbytes_ram\x18\x04 \x01(\x03\x12\x12\n\nbytes_disk\x18\x05 \x01(\x03\x12\x0c\n\x04hits\x18\x06 \x01(\x03\x12\x0e\n\x06misses\x18\x07 \x01(\x03\x12\x10\n\x08hit_rate\x18\x08 \x01(\x01\x12\x11\n\tpull_rows\x18\t \x01(\x03\x12\x11\n\tpush_rows\x18\n \x01(\x03\x12\x17\n\x0fpull_rows_per_s\x18\x0b \x01(\x01\x12\x17\n\x0fpush_rows_per_s\x18\x0c \x01(\x01\x12\x43\n\x0f\x61pplied_grad_sq\x18\r \x03(\x0b\x32*.seraphim.ps.TableStats.AppliedGradSqEntry\x12\x12\n\npull_bytes\x18\x0e \x01(\x03\x12\x12\n\npush_bytes\x18\x0f \x01(\x03\x1a\x34\n\x12\x41ppliedGradSqEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0e\n\x0cStatsRequest\"\xc0\x01\n\nStatsReply\x12\'\n\x06tables\x18\x01 \x03(\x0b\x32\x17.seraphim.ps.TableStats\x12\x12\n\nram_budget\x18\x02 \x01(\x03\x12\x10\n\x08ram_used\x18\x03 \x01(\x03\x12\x12\n\nlmdb_bytes\x18\x04 \x01(\x03\x12\x11\n\tevictions\x18\x05 \x01(\x03\x12\x10\n\x08uptime_s\x18\x06 \x01(\x01\x12\x16\n\x0epeak_rss_bytes\x18\x07 \x01(\x03\x12\x12\n\npage_bytes\x18\x08 \x01(\x03\"\x0f\n\rHealthRequest\"\xd9\x01\n\x0bHealthReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x12\n\nnum_shards\x18\x03 \x01(\x05\x12\x16\n\x0erestored_clock\x18\x04 \x01(\x03\x12\x11\n\tmin_clock\x18\x05 \x01(\x03\x12\x13\n\x0bnum_workers\x18\x06 \x01(\x05\x12\x11\n\tstaleness\x18\x07 \x01(\x05\x12\x0b\n\x03pid\x18\x08 \x01(\x03\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x0e\n\x06tables\x18\n \x03(\t\x12\x15\n\rdeterministic\x18\x0b \x01(\x08*\"\n\tTableKind\x12\t\n\x05\x44\x45NSE\x10\x00\x12\n\n\x06SPARSE\x10\x01*9\n\x08PushMode\x12\x0c\n\x08GRADIENT\x10\x00\x12\n\n\x06\x41SSIGN\x10\x01\x12\x07\n\x03\x41\x44\x44\x10\x02\x12\n\n\x06\x41\x42SENT\x10\x03\x32\xd0\x05\n\x0fParameterServer\x12\x46\n\x0b\x43reateTable\x12\x1f.seraphim.ps.CreateTableRequest\x1a\x16.seraphim.ps.TableInfo\x12G\n\tDropTable\x12\x1d.seraphim.ps.DropTableRequest\x1a\x1b.seraphim.ps.DropTableReply\x12\x38\n\x04Pull\x12\x18.seraphim.ps.PullRequest\x1a\x16.seraphim.ps.PullReply\x12\x38\n\x04Push\x12\x18.seraphim.ps.PushRequest\x1a\x16.seraphim.ps.PushReply\x12\x36\n\x04\x43\x61ll\x12\x17.seraphim.ps.PsfRequest\x1a\x15.seraphim.ps.PsfReply\x12;\n\x05\x43lock\x12\x19.seraphim.ps.ClockRequest\x1a\x17.seraphim.ps.ClockReply\x12\x41\n\x08GetClock\x12\x1c.seraphim.ps.GetClockRequest\x1a\x17.seraphim.ps.ClockReply\x12\x44\n\x08Snapshot\x12\x1c.seraphim.ps.SnapshotRequest\x1a\x1a.seraphim.ps.SnapshotReply\x12;\n\x05Stats\x12\x19.seraphim.ps.StatsRequest\x1a\x17.seraphim.ps.StatsReply\x12>\n\x06Health\x12\x1a.seraphim.ps.HealthRequest\x1a\x18.seraphim.ps.HealthReply\x12=\n\x07\x43hunked\x12\x16.seraphim.common.Chunk\x1a\x16.seraphim.common.Chunk(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,10 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PSFREQUEST_ARGSENTRY']._serialized_options = b'8\001'
   _globals['_TABLESTATS_APPLIEDGRADSQENTRY']._loaded_options = None
   _globals['_TABLESTATS_APPLIEDGRADSQENTRY']._serialized_options = b'8\001'
-  _globals['_TABLEKIND']._serialized_start=2663
-  _globals['_TABLEKIND']._serialized_end=2697
-  _globals['_PUSHMODE']._serialized_start=2699
-  _globals['_PUSHMODE']._serialized_end=2756
+  _globals['_TABLEKIND']._serialized_start=2678
+  _globals['_TABLEKIND']._serialized_end=2712
+  _globals['_PUSHMODE']._serialized_start=2714
+  _globals['_PUSHMODE']._serialized_end=2771
   _globals['_INITIALIZERSPEC']._serialized_start=70
   _globals['_INITIALIZERSPEC']._serialized_end=206
   _globals['_INITIALIZERSPEC_PARAMSENTRY']._serialized_start=161
@@ -69,37 +69,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PULLREPLY']._serialized_start=1084
   _globals['_PULLREPLY']._serialized_end=1154
   _globals['_PUSHREQUEST']._serialized_start=1157
-  _globals['_PUSHREQUEST']._serialized_end=1341
-  _globals['_PUSHREPLY']._serialized_start=1343
-  _globals['_PUSHREPLY']._serialized_end=1368
-  _globals['_PSFREQUEST']._serialized_start=1371
-  _globals['_PSFREQUEST']._serialized_end=1564
-  _globals['_PSFREQUEST_ARGSENTRY']._serialized_start=1521
-  _globals['_PSFREQUEST_ARGSENTRY']._serialized_end=1564
-  _globals['_PSFREPLY']._serialized_start=1566
-  _globals['_PSFREPLY']._serialized_end=1633
-  _globals['_CLOCKREQUEST']._serialized_start=1635
-  _globals['_CLOCKREQUEST']._serialized_end=1699
-  _globals['_CLOCKREPLY']._serialized_start=1701
-  _globals['_CLOCKREPLY']._serialized_end=1748
-  _globals['_GETCLOCKREQUEST']._serialized_start=1750
-  _globals['_GETCLOCKREQUEST']._serialized_end=1767
-  _globals['_SNAPSHOTREQUEST']._serialized_start=1769
-  _globals['_SNAPSHOTREQUEST']._serialized_end=1786
-  _globals['_SNAPSHOTREPLY']._serialized_start=1788
-  _globals['_SNAPSHOTREPLY']._serialized_end=1818
-  _globals['_TABLESTATS']._serialized_start=1821
-  _globals['_TABLESTATS']._serialized_end=2213
-  _globals['_TABLESTATS_APPLIEDGRADSQENTRY']._serialized_start=2161
-  _globals['_TABLESTATS_APPLIEDGRADSQENTRY']._serialized_end=2213
-  _globals['_STATSREQUEST']._serialized_start=2215
-  _globals['_STATSREQUEST']._serialized_end=2229
-  _globals['_STATSREPLY']._serialized_start=2232
-  _globals['_STATSREPLY']._serialized_end=2424
-  _globals['_HEALTHREQUEST']._serialized_start=2426
-  _globals['_HEALTHREQUEST']._serialized_end=2441
-  _globals['_HEALTHREPLY']._serialized_start=2444
-  _globals['_HEALTHREPLY']._serialized_end=2661
-  _globals['_PARAMETERSERVER']._serialized_start=2759
-  _globals['_PARAMETERSERVER']._serialized_end=3479
+  _globals['_PUSHREQUEST']._serialized_end=1356
+  _globals['_PUSHREPLY']._serialized_start=1358
+  _globals['_PUSHREPLY']._serialized_end=1383
+  _globals['_PSFREQUEST']._serialized_start=1386
+  _globals['_PSFREQUEST']._serialized_end=1579
+  _globals['_PSFREQUEST_ARGSENTRY']._serialized_start=1536
+  _globals['_PSFREQUEST_ARGSENTRY']._serialized_end=1579
+  _globals['_PSFREPLY']._serialized_start=1581
+  _globals['_PSFREPLY']._serialized_end=1648
+  _globals['_CLOCKREQUEST']._serialized_start=1650
+  _globals['_CLOCKREQUEST']._serialized_end=1714
+  _globals['_CLOCKREPLY']._serialized_start=1716
+  _globals['_CLOCKREPLY']._serialized_end=1763
+  _globals['_GETCLOCKREQUEST']._serialized_start=1765
+  _globals['_GETCLOCKREQUEST']._serialized_end=1782
+  _globals['_SNAPSHOTREQUEST']._serialized_start=1784
+  _globals['_SNAPSHOTREQUEST']._serialized_end=1801
+  _globals['_SNAPSHOTREPLY']._serialized_start=1803
+  _globals['_SNAPSHOTREPLY']._serialized_end=1833
+  _globals['_TABLESTATS']._serialized_start=1836
+  _globals['_TABLESTATS']._serialized_end=2228
+  _globals['_TABLESTATS_APPLIEDGRADSQENTRY']._serialized_start=2176
+  _globals['_TABLESTATS_APPLIEDGRADSQENTRY']._serialized_end=2228
+  _globals['_STATSREQUEST']._serialized_start=2230
+  _globals['_STATSREQUEST']._serialized_end=2244
+  _globals['_STATSREPLY']._serialized_start=2247
+  _globals['_STATSREPLY']._serialized_end=2439
+  _globals['_HEALTHREQUEST']._serialized_start=2441
+  _globals['_HEALTHREQUEST']._serialized_end=2456
+  _globals['_HEALTHREPLY']._serialized_start=2459
+  _globals['_HEALTHREPLY']._serialized_end=2676
+  _globals['_PARAMETERSERVER']._serialized_start=2774
+  _globals['_PARAMETERSERVER']._serialized_end=3494
 # @@protoc_insertion_point(module_scope)

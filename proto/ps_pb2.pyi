@@ -151,7 +151,7 @@ class PullReply(_message.Message):
     def __init__(self, values: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("table", "keys", "values", "mode", "worker", "version", "lr_scale", "seq")
+    __slots__ = ("table", "keys", "values", "mode", "worker", "version", "lr_scale", "seq", "clock")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +160,7 @@ class PushRequest(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LR_SCALE_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: bytes
     values: _common_pb2.Tensor
@@ -168,7 +169,8 @@ class PushRequest(_message.Message):
     version: int
     lr_scale: float
     seq: int
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[bytes] = ..., values: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., mode: _Optional[_Union[PushMode, str]] = ..., worker: _Optional[int] = ..., version: _Optional[int] = ..., lr_scale: _Optional[float] = ..., seq: _Optional[int] = ...) -> None: ...
+    clock: int
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[bytes] = ..., values: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., mode: _Optional[_Union[PushMode, str]] = ..., worker: _Optional[int] = ..., version: _Optional[int] = ..., lr_scale: _Optional[float] = ..., seq: _Optional[int] = ..., clock: _Optional[int] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("rows",)

@@ -25,28 +25,36 @@ class OrderedPushes:
     def __init__(self, clocks: ClockTable) -> None:
         self._clocks = clocks
         self._lock = threading.Lock()
-        self._held: dict[int, list[tuple[int, int, int, Apply]]] = {}
+        self._held: dict[int, dict[tuple[int, ...], Apply]] = {}
+        self._applied = clocks.min_clock  # every clock up to this one has been applied (or restored)
         self._arrivals = 0
 
-    def hold(self, worker: int, seq: int, apply: Apply) -> None:
-        """Hold `apply` until every worker has completed the clock `worker` is in now.
+    def hold(self, worker: int, clock: int, seq: int, apply: Apply) -> bool:
+        """Hold `apply`, push number `seq` of `worker` in `clock`, until every worker has completed that clock.
 
-        The worker's clock cannot move while its push is being answered (it ticks only after its pushes are
-        acknowledged), so reading it before taking our lock is safe, and keeps the lock order of
-        ``apply_through`` (clock lock, then ours) free of cycles."""
-        clock = self._clocks.clock_of(worker) + 1
+        clock 0 means the clock the worker is in now (its last completed one + 1; it ticks only after its pushes
+        are acknowledged, so that cannot move meanwhile). A push numbered like one already held replaces it: a
+        restarted worker redoing its clock sends the same pushes again. Returns False, dropping the push, when its
+        clock was applied already (the redo of a clock that completed before the restart)."""
+        current = self._clocks.clock_of(worker)  # before our lock: apply_through takes the clock lock, then ours
+        clock = clock if clock > 0 else current + 1
         with self._lock:
+            if clock <= self._applied:
+                return False
             self._arrivals += 1
-            self._held.setdefault(clock, []).append((worker, seq, self._arrivals, apply))
+            key = (worker, seq) if seq > 0 else (worker, 0, self._arrivals)  # unnumbered: in arrival order
+            self._held.setdefault(clock, {})[key] = apply
+            return True
 
     def apply_through(self, clock: int) -> int:
-        """Apply every held push of clocks <= `clock`, clock by clock, in (worker, seq, arrival) order; returns the
-        number applied. Called when the slowest worker completes `clock`, under the clock table's lock."""
+        """Apply every held push of clocks <= `clock`, clock by clock, in (worker, seq) order; returns the number
+        applied. Called when the slowest worker completes `clock`, under the clock table's lock."""
         with self._lock:
             due = sorted(c for c in self._held if c <= clock)
-            batches = [sorted(self._held.pop(c), key=lambda held: held[:3]) for c in due]
+            batches = [[apply for _, apply in sorted(self._held.pop(c).items())] for c in due]
+            self._applied = max(self._applied, clock)
         for batch in batches:
-            for *_, apply in batch:
+            for apply in batch:
                 apply()
         return sum(len(batch) for batch in batches)
 

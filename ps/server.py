@@ -118,12 +118,12 @@ class ParameterServer:
         return values
 
     def push(self, name: str, keys: np.ndarray, values: np.ndarray, mode: int, worker: int = 0, version: int = 0,
-             lr_factor: float = 1.0, seq: int = 0) -> int:
+             lr_factor: float = 1.0, seq: int = 0, clock: int = 0) -> int:
         """Apply a push (see PSTable.push); returns the rows taken. In deterministic mode a gradient push is held
         until its clock completes, then applied in (worker, seq) order (ps/ordered_pushes.py)."""
         defer = None
         if self.ordered is not None:
-            defer = functools.partial(self.ordered.hold, worker, seq)
+            defer = functools.partial(self.ordered.hold, worker, clock, seq)
         taken = self.table(name).push(keys, values, mode, worker, version, lr_factor, defer)
         self._pushes.setdefault(name, _Counter()).add(len(keys), values.nbytes)
         return taken

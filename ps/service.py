@@ -112,7 +112,8 @@ class PSService(ps_pb2_grpc.ParameterServerServicer):
         """Takes PushRequest wire bytes: keys and values are views of them, not protobuf copies."""
         push = decode_push_request(request)
         return ps_pb2.PushReply(rows=self.ps.push(push.table, push.keys, push.values, push.mode, push.worker,
-                                                  push.version, push.lr_scale or 1.0, push.seq))
+                                                  push.version, push.lr_scale or 1.0, push.seq,
+                                                  push.clock))
 
     @_unary
     def Call(self, request):

@@ -183,11 +183,12 @@ class PSTable:
         return out
 
     def push(self, keys: np.ndarray, values: np.ndarray, mode: int, worker: int = 0, version: int = 0,
-             lr_factor: float = 1.0, defer: Callable[[Callable[[], None]], None] | None = None) -> int:
+             lr_factor: float = 1.0, defer: Callable[[Callable[[], None]], bool] | None = None) -> int:
         """Apply gradients (optimizer), assign or add `values` [len(keys), dim] to unique keys; returns the rows
         taken. A versioned table sums the gradients of `version` over its workers first (see ps/versions.py);
         `lr_factor` multiplies the learning rate of this update. With `defer`, a gradient update of a table that
-        is not versioned is checked now and handed to `defer` to run later (ps/ordered_pushes.py)."""
+        is not versioned is checked now and handed to `defer` to run later; it takes no rows when `defer` drops it
+        (ps/ordered_pushes.py)."""
         if mode == ps_pb2.ABSENT:
             if self.versions is None:
                 raise InvalidArgument(f"push to {self.name!r}: mode ABSENT (no gradient at a version) applies to "
@@ -211,7 +212,8 @@ class PSTable:
                                                                                       factor))
         if mode == ps_pb2.GRADIENT and defer is not None:
             self._require_optimizer()
-            defer(partial(self._apply_gradients, keys, self._as_float32(values), lr_factor))
+            if not defer(partial(self._apply_gradients, keys, self._as_float32(values), lr_factor)):
+                return 0
         elif mode == ps_pb2.GRADIENT:
             self._apply_gradients(keys, values, lr_factor)
         elif mode in (ps_pb2.ASSIGN, ps_pb2.ADD):

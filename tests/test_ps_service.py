@@ -115,14 +115,26 @@ def test_a_deterministic_ps_applies_a_clocks_pushes_in_worker_order_at_the_barri
             for w in order:
                 table.push(keys, grads[w])
         expected, other = in_order.pull(keys), reversed_order.pull(keys)
+        in_order.push(keys, grads[1])
+        expected_after_redo = in_order.pull(keys)
     assert not np.array_equal(expected, other)
 
     cluster = cluster_factory("deterministic", num_ps=2, num_workers=2, ram_mb=4, page_kb=64,
                               extra_args=("--deterministic",))
     clients = [PSClient(cluster.addresses, worker_id=w, num_workers=2) for w in (0, 1)]
+
+    def open_table(client: PSClient):
+        return client.sparse_table("emb", dim=4, init=Constant(0.5), optimizer=Adam(lr=0.1))
+
+    def barrier() -> None:
+        ticked = threading.Thread(target=clients[1].clock, daemon=True)
+        ticked.start()
+        clients[0].clock()
+        ticked.join(10)
+
     try:
         assert all(h.deterministic for h in clients[0].health())
-        tables = [c.sparse_table("emb", dim=4, init=Constant(0.5), optimizer=Adam(lr=0.1)) for c in clients]
+        tables = [open_table(c) for c in clients]
         initial = tables[0].pull(keys)
         tables[1].push(keys, grads[1])  # worker 1's push arrives first
         tables[0].push(keys, grads[0])
@@ -133,6 +145,16 @@ def test_a_deterministic_ps_applies_a_clocks_pushes_in_worker_order_at_the_barri
         clients[0].clock()
         ticked.join(10)
         assert np.array_equal(tables[1].pull(keys), expected)  # worker 0's update first, then worker 1's
+
+        # worker 1 restarts in clock 2 after pushing once: the same push number replaces it, and a redo of clock 1
+        # (a shard that had completed it) is dropped
+        tables[1].push(keys, grads[0])
+        with PSClient(cluster.addresses, worker_id=1, num_workers=2) as restarted:
+            open_table(restarted).push(keys, grads[1])  # the fresh client says clock 1: applied already
+            restarted.resume()
+            open_table(restarted).push(keys, grads[1])  # clock 2, push 1: replaces the first attempt's
+        barrier()
+        assert np.array_equal(tables[0].pull(keys), expected_after_redo)
         with pytest.raises(FailedPrecondition, match="no optimizer"):  # checked on arrival, not at the barrier
             clients[0].dense_table("plain", (2, 4)).push([0], np.ones((1, 4), np.float32))
     finally:

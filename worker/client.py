@@ -181,7 +181,7 @@ class PSClient:
         self._shards: list[_Shard] = []
         self.connect(addresses)
         self._in_flight = threading.BoundedSemaphore(max_in_flight)
-        self._push_seq = itertools.count(1)  # numbers pushes in the order the worker made them (deterministic PS)
+        self._push_seq = itertools.count(1)  # numbers this clock's pushes in the order made (deterministic PS)
         self._pending: set[Future] = set()
         self._pending_lock = threading.Lock()
         workers = max(4, len(addresses))
@@ -328,6 +328,7 @@ class PSClient:
         """End this worker's iteration: flush pushes, tick every shard, wait as far as the staleness says."""
         self.flush()
         self._clock += 1
+        self._push_seq = itertools.count(1)
         clock = self._clock
         replies = self._all("Clock", lambda s: ps_pb2.ClockRequest(worker=self.worker_id, clock=clock,
                                                                     timeout_s=self.clock_timeout_s),
@@ -338,6 +339,7 @@ class PSClient:
         """Continue from the clock the shards hold for this worker (after a restart); returns it."""
         replies = self._all("GetClock", lambda s: ps_pb2.GetClockRequest(), ps_pb2.ClockReply)
         self._clock = min(r.clocks[self.worker_id] for r in replies)
+        self._push_seq = itertools.count(1)  # the clock is redone: its pushes are numbered as the first time
         return self._clock
 
     def snapshot(self) -> list[int]:
@@ -559,10 +561,10 @@ class Table(ABC):
         (_first_rows if mode == "assign" else _segment_add)(merged, values.reshape(len(keys), self.dim), row_of)
         if not (lr_scale > 0 and np.isfinite(lr_scale)):
             raise InvalidArgument(f"push to {self.name!r}: lr_scale must be a finite number > 0, got {lr_scale}")
-        seq = next(self.client._push_seq)
+        seq, clock = next(self.client._push_seq), self.client.clock_value + 1
         return [(s, encode_push_request(self.name, grouped[lo:hi], merged[lo:hi], _PUSH_MODES[mode],
                                         self.client.worker_id, self._wire, version,
-                                        0.0 if lr_scale == 1.0 else lr_scale, seq))
+                                        0.0 if lr_scale == 1.0 else lr_scale, seq, clock))
                 for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if hi > lo]
 
     def _send(self, requests: list[tuple[int, bytes]]) -> None:
