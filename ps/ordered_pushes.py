@@ -25,26 +25,27 @@ class OrderedPushes:
     def __init__(self, clocks: ClockTable) -> None:
         self._clocks = clocks
         self._lock = threading.Lock()
-        self._held: dict[int, dict[tuple[int, ...], Apply]] = {}
+        self._held: dict[int, dict[tuple[int, int, int], Apply]] = {}
         self._applied = clocks.min_clock  # every clock up to this one has been applied (or restored)
         self._arrivals = 0
 
-    def hold(self, worker: int, clock: int, seq: int, apply: Apply) -> bool:
+    def hold(self, worker: int, clock: int, seq: int, apply: Apply) -> tuple[int, int, int, int] | None:
         """Hold `apply`, push number `seq` of `worker` in `clock`, until every worker has completed that clock.
 
         clock 0 means the clock the worker is in now (its last completed one + 1; it ticks only after its pushes
         are acknowledged, so that cannot move meanwhile). A push numbered like one already held replaces it: a
-        restarted worker redoing its clock sends the same pushes again. Returns False, dropping the push, when its
-        clock was applied already (the redo of a clock that completed before the restart)."""
+        restarted worker redoing its clock sends the same pushes again. Returns (clock, worker, seq, arrival), the
+        push's place (arrival 0 unless the push is unnumbered), or None, dropping the push, when its clock was
+        applied already (the redo of a clock that completed before the restart)."""
         current = self._clocks.clock_of(worker)  # before our lock: apply_through takes the clock lock, then ours
         clock = clock if clock > 0 else current + 1
         with self._lock:
             if clock <= self._applied:
-                return False
+                return None
             self._arrivals += 1
-            key = (worker, seq) if seq > 0 else (worker, 0, self._arrivals)  # unnumbered: in arrival order
+            key = (worker, seq, 0 if seq > 0 else self._arrivals)  # unnumbered: in arrival order
             self._held.setdefault(clock, {})[key] = apply
-            return True
+            return (clock, *key)
 
     def apply_through(self, clock: int) -> int:
         """Apply every held push of clocks <= `clock`, clock by clock, in (worker, seq) order; returns the number

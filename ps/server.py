@@ -6,15 +6,17 @@ clocks, and reports the clock it restored.
 
 from __future__ import annotations
 
-import functools
 import os
+import struct
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from seraphim.proto import ps_pb2
+from seraphim.proto.codec import decode_push_request, encode_push_request
 from seraphim.proto.errors import AlreadyExists, InvalidArgument, NotFound
 from seraphim.proto.resources import peak_rss_bytes
 from seraphim.ps.clocks import ClockTable
@@ -54,8 +56,12 @@ class ParameterServer:
         self.config = config
         self.started = time.monotonic()
         self._lock = threading.RLock()
+        # deterministic + strict: every clock boundary is an atomic snapshot, and held pushes are kept durably
+        # until the snapshot of their clock, so a crash recovers exactly the acknowledged pushes (see push)
+        self.durable_holds = config.deterministic and config.durability == "strict"
+        self.snapshot_every = 1 if self.durable_holds else config.snapshot_every
         self.store = ShardStore(config.shard_dir, ram_bytes=config.ram_bytes, page_bytes=config.page_bytes,
-                                durability=config.durability)
+                                durability="snapshot" if self.durable_holds else config.durability)
         self.tables: dict[str, PSTable] = {}
         for name, meta in self.store.tables().items():
             table = PSTable(ps_pb2.TableSpec.FromString(meta), config.shard, self.store)
@@ -68,6 +74,10 @@ class ParameterServer:
         self.ordered = OrderedPushes(self.clocks) if config.deterministic else None
         self._pulls: dict[str, _Counter] = {}
         self._pushes: dict[str, _Counter] = {}
+        for _, record in self.store.held() if self.durable_holds else ():
+            push = decode_push_request(record)  # acknowledged before a crash, not yet in a snapshot: hold again
+            self.push(push.table, push.keys, push.values, push.mode, push.worker, push.version, push.lr_scale or 1.0,
+                      push.seq, push.clock)
 
     def table(self, name: str) -> PSTable:
         table = self.tables.get(name)
@@ -123,7 +133,13 @@ class ParameterServer:
         until its clock completes, then applied in (worker, seq) order (ps/ordered_pushes.py)."""
         defer = None
         if self.ordered is not None:
-            defer = functools.partial(self.ordered.hold, worker, clock, seq)
+            def defer(apply: Callable[[], None]) -> bool:
+                place = self.ordered.hold(worker, clock, seq, apply)
+                if place is not None and self.durable_holds:
+                    self.store.hold(struct.pack(">QiQQ", *place), encode_push_request(
+                        name, keys, values, mode, worker, version=version, lr_scale=lr_factor, seq=seq,
+                        clock=place[0]))
+                return place is not None
         taken = self.table(name).push(keys, values, mode, worker, version, lr_factor, defer)
         self._pushes.setdefault(name, _Counter()).add(len(keys), values.nbytes)
         return taken
@@ -145,9 +161,9 @@ class ParameterServer:
         land before the snapshot that may follow."""
         if self.ordered is not None:
             self.ordered.apply_through(min_clock)
-        if self.config.durability == "strict":
+        if self.config.durability == "strict" and not self.durable_holds:
             self.store.record_clock(min_clock)
-        elif self.config.snapshot_every and min_clock % self.config.snapshot_every == 0:
+        elif self.snapshot_every and min_clock % self.snapshot_every == 0:
             self.store.snapshot(min_clock)
 
     def snapshot(self) -> int:

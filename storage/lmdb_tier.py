@@ -142,6 +142,7 @@ class LmdbTier:
         self._pages = self.env.open_db(b"pages")
         self._keys = self.env.open_db(b"keys")
         self._undo = self.env.open_db(b"undo")
+        self._held = self.env.open_db(b"held")  # pushes acknowledged but not yet applied (deterministic PS)
         self._state: dict[int, _DiskState] = {}
         self._roll_back()
         self.clock, self.next_tid, self.recovered = self._load()
@@ -254,9 +255,11 @@ class LmdbTier:
         clock: int | None = None,
         next_tid: int | None = None,
         snapshot: bool = False,
+        clear_held_through: int | None = None,
     ) -> None:
         """One write transaction. `keys` maps a sparse table to (first slot, keys_by_slot from there);
-        `snapshot` makes it the new snapshot: no undo for its pages, the undo log is cleared, and it is synced."""
+        `snapshot` makes it the new snapshot: no undo for its pages, the undo log is cleared, and it is synced;
+        `clear_held_through` deletes the held records of clocks up to it (their pushes are in these pages)."""
         with self.lock:
             after: list = []
             with self.env.begin(write=True) as txn:
@@ -277,6 +280,11 @@ class LmdbTier:
                     txn.put(b"next_tid", int(next_tid).to_bytes(8, "big"), db=self._meta)
                 if snapshot:
                     txn.drop(self._undo, delete=False)
+                if clear_held_through is not None:
+                    cur = txn.cursor(db=self._held)
+                    if cur.first():
+                        while int.from_bytes(cur.key()[:8], "big") <= clear_held_through and cur.delete():
+                            pass
             for apply in after:
                 apply()
             if snapshot:
@@ -331,6 +339,18 @@ class LmdbTier:
             state.n_keys = max(state.n_keys, end)
 
         return [apply]
+
+    def put_held(self, key: bytes, record: bytes) -> None:
+        """Durably keep a held push (its key starts with its clock, 8 bytes big-endian) before it is acknowledged."""
+        with self.lock:
+            with self.env.begin(write=True) as txn:
+                txn.put(key, record, db=self._held)
+            self.env.sync(True)
+
+    def held(self) -> list[tuple[bytes, bytes]]:
+        """The held pushes in key order (clock first)."""
+        with self.env.begin() as txn:
+            return [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self._held)]
 
     def sync(self) -> None:
         self.env.sync(True)

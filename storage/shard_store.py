@@ -282,13 +282,24 @@ class ShardStore:
         try:
             self._tier.commit(
                 pages=pages, keys=keys, headers=headers, drops=drops, clock=clock, next_tid=self._next_tid,
-                snapshot=True,
+                snapshot=True, clear_held_through=clock,
             )
         finally:
             self._tier.lock.release()
         with self._lock:
             self._arena.clear_written(frames, writes.tids, writes.pages, writes.seqs)
             self._pending_drops = [tid for tid in self._pending_drops if tid not in drops]
+
+    def hold(self, key: bytes, record: bytes) -> None:
+        """Durably keep a push that is acknowledged now and applied at a later clock boundary (a deterministic
+        PS); `key` begins with that clock (8 bytes big-endian), and the snapshot of that clock deletes it."""
+        self._check_open()
+        self._tier.put_held(key, record)
+
+    def held(self) -> list[tuple[bytes, bytes]]:
+        """Held pushes that no snapshot has covered yet, in key order (after a crash: to hold again)."""
+        self._check_open()
+        return self._tier.held()
 
     def record_clock(self, clock: int) -> None:
         """Strict: durably record the latest clock. Snapshot mode: a no-op (snapshot(clock) records it)."""

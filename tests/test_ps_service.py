@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -178,6 +179,39 @@ def test_kill_9_recovers_the_last_snapshot(cluster_factory):
         assert [h.restored_clock for h in ps.health()] == [1, 1]
         np.testing.assert_array_equal(emb.pull(keys), at_snapshot)
         assert ps.resume() == 1
+
+
+def test_a_deterministic_strict_ps_killed_mid_clock_applies_every_acknowledged_push(cluster_factory):
+    rng = np.random.default_rng(5)
+    grads = [rng.normal(size=(300, 8)).astype(np.float32) for _ in range(2)]
+    keys = np.arange(0, 3000, 10, dtype=np.int64)
+
+    def run(cluster, crash: bool) -> np.ndarray:
+        clients = [PSClient(cluster.addresses, worker_id=w, num_workers=2, retry_s=60) for w in (0, 1)]
+        try:
+            tables = [c.sparse_table("emb", dim=8, init=Normal(0.0, 0.1), optimizer=Adam(lr=0.05)) for c in clients]
+            for step in range(2):
+                for w in (1, 0):
+                    tables[w].pull(keys)
+                    tables[w].push(keys, grads[w] * (step + 1))
+                ticked = threading.Thread(target=clients[0].clock, daemon=True)
+                ticked.start()
+                if crash and step == 1:  # both pushes acknowledged, one tick in: kill -9 every shard
+                    time.sleep(0.3)
+                    for shard in range(2):
+                        cluster.kill_ps(shard)
+                        cluster.start_ps(shard)
+                    assert [h.restored_clock for h in clients[1].health()] == [1, 1]
+                clients[1].clock()
+                ticked.join(60)
+            return tables[0].pull(keys)
+        finally:
+            for c in clients:
+                c.close()
+
+    spec = dict(num_ps=2, num_workers=2, ram_mb=4, page_kb=64, durability="strict", extra_args=("--deterministic",))
+    expected = run(cluster_factory("quiet", **spec), crash=False)
+    np.testing.assert_array_equal(run(cluster_factory("crashed", **spec), crash=True), expected)
 
 
 def test_bad_input_gets_precise_status_and_the_server_keeps_serving(two_ps):
