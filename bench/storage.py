@@ -47,7 +47,7 @@ RAW_CHUNKS = 4  # raw LMDB gets are timed on the first slices only (a rate; keep
 def build_store(path: Path, keys: np.ndarray, row_bytes: int, ram_bytes: int, page_bytes: int) -> tuple[ShardStore, float]:
     """A store whose sparse table holds every key (zero rows); returns it and the seconds populating took."""
     store = ShardStore(path, ram_bytes=ram_bytes, page_bytes=page_bytes)
-    store.create_table("emb", row_bytes, None, b"bench", lambda s: np.zeros((s.shape[0], row_bytes), np.uint8))
+    store.create_table("emb", row_bytes, None, b"bench", lambda s, keys: np.zeros((s.shape[0], row_bytes), np.uint8))
     t0 = time.perf_counter()
     for i in range(0, keys.shape[0], POPULATE_BATCH):
         store.resolve("emb", keys[i : i + POPULATE_BATCH], create=True)

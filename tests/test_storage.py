@@ -256,7 +256,7 @@ def test_snapshot_mode_drop_takes_effect_at_the_next_snapshot(tmp_path):
 def test_concurrent_updates_are_exact_with_writer_running(tmp_path):
     n = 20 * RPP
     store = small_store(tmp_path / "s")
-    store.create_table("c", ROW, n, b"", lambda s: np.zeros((s.size, ROW), dtype=np.uint8))
+    store.create_table("c", ROW, n, b"", lambda s, keys: np.zeros((s.size, ROW), dtype=np.uint8))
     expected = np.zeros(n, dtype=np.int64)
     plans = []
     for t in range(4):
@@ -289,7 +289,7 @@ def test_concurrent_updates_are_exact_with_writer_running(tmp_path):
 
 def test_concurrent_gather_never_sees_uninitialized_rows(tmp_path):
     store = small_store(tmp_path / "s")
-    store.create_table("e", ROW, None, b"", lambda s: np.full((s.size, ROW), 7, dtype=np.uint8))
+    store.create_table("e", ROW, None, b"", lambda s, keys: np.full((s.size, ROW), 7, dtype=np.uint8))
     done = threading.Event()
     bad = []
 
@@ -438,7 +438,7 @@ def test_kill_9_in_strict_mode_keeps_every_acknowledged_write(tmp_path, steps):
             counts = np.zeros(20 * RPP, dtype=np.int64)
             for i in range(last + 1):
                 counts[np.unique(np.random.default_rng(i).integers(0, 20 * RPP, 100))] += 1
-            matches.append(bool((got == slot_init(np.arange(20 * RPP)) + counts.astype(np.uint8)[:, None]).all()))
+            matches.append(bool((got == slot_init(np.arange(20 * RPP), None) + counts.astype(np.uint8)[:, None]).all()))
         assert matches[0] or (steps < 0 and matches[1])
         assert (store.resolve("s", np.arange(acked * 10 + 25), create=False) >= 0).all()
         in_flight_clock = {acked + 1} if steps < 0 and (acked + 1) % 5 == 0 else set()
