@@ -6,6 +6,8 @@ clocks, and reports the clock it restored.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import struct
 import threading
@@ -56,8 +58,8 @@ class ParameterServer:
         self.config = config
         self.started = time.monotonic()
         self._lock = threading.RLock()
-        # deterministic + strict: every clock boundary is an atomic snapshot, and held pushes are kept durably
-        # until the snapshot of their clock, so a crash recovers exactly the acknowledged pushes (see push)
+        # deterministic + strict: every clock boundary is an atomic snapshot, and pushes are logged durably until
+        # the snapshot of their clock, so a crash recovers exactly the acknowledged pushes (see push)
         self.durable_holds = config.deterministic and config.durability == "strict"
         self.snapshot_every = 1 if self.durable_holds else config.snapshot_every
         self.store = ShardStore(config.shard_dir, ram_bytes=config.ram_bytes, page_bytes=config.page_bytes,
@@ -74,10 +76,9 @@ class ParameterServer:
         self.ordered = OrderedPushes(self.clocks) if config.deterministic else None
         self._pulls: dict[str, _Counter] = {}
         self._pushes: dict[str, _Counter] = {}
-        for _, record in self.store.held() if self.durable_holds else ():
-            push = decode_push_request(record)  # acknowledged before a crash, not yet in a snapshot: hold again
-            self.push(push.table, push.keys, push.values, push.mode, push.worker, push.version, push.lr_scale or 1.0,
-                      push.seq, push.clock)
+        self._unnumbered = itertools.count(1)  # log places of pushes a client did not number
+        if self.durable_holds:
+            self._redo_logged_pushes()
 
     def table(self, name: str) -> PSTable:
         table = self.tables.get(name)
@@ -130,19 +131,37 @@ class ParameterServer:
     def push(self, name: str, keys: np.ndarray, values: np.ndarray, mode: int, worker: int = 0, version: int = 0,
              lr_factor: float = 1.0, seq: int = 0, clock: int = 0) -> int:
         """Apply a push (see PSTable.push); returns the rows taken. In deterministic mode a gradient push is held
-        until its clock completes, then applied in (worker, seq) order (ps/ordered_pushes.py)."""
+        until its clock completes, then applied in (worker, seq) order (ps/ordered_pushes.py); with strict
+        durability too, every push of a table that is not versioned is logged before it is acknowledged, until the
+        snapshot of its clock (a crash rolls the store back to that clock boundary, and the log redoes the rest)."""
+        table = self.table(name)
+        log = functools.partial(self._log_push, name, keys, values, mode, worker, version, lr_factor, seq)
         defer = None
         if self.ordered is not None:
             def defer(apply: Callable[[], None]) -> bool:
                 place = self.ordered.hold(worker, clock, seq, apply)
-                if place is not None and self.durable_holds:
-                    self.store.hold(struct.pack(">QiQQ", *place), encode_push_request(
-                        name, keys, values, mode, worker, version=version, lr_scale=lr_factor, seq=seq,
-                        clock=place[0]))
+                if place is not None:
+                    log(place)
                 return place is not None
-        taken = self.table(name).push(keys, values, mode, worker, version, lr_factor, defer)
+        taken = table.push(keys, values, mode, worker, version, lr_factor, defer)
+        if self.durable_holds and mode in (ps_pb2.ASSIGN, ps_pb2.ADD) and table.versions is None:
+            log((clock or self.clocks.clock_of(worker) + 1, worker, seq, 0 if seq else next(self._unnumbered)))
         self._pushes.setdefault(name, _Counter()).add(len(keys), values.nbytes)
         return taken
+
+    def _log_push(self, name: str, keys: np.ndarray, values: np.ndarray, mode: int, worker: int, version: int,
+                  lr_factor: float, seq: int, place: tuple[int, int, int, int]) -> None:
+        """Keep a push durably under (clock, worker, seq, arrival) until the snapshot of its clock."""
+        if self.durable_holds:
+            self.store.hold(struct.pack(">QiQQ", *place), encode_push_request(
+                name, keys, values, mode, worker, version=version, lr_scale=lr_factor, seq=seq, clock=place[0]))
+
+    def _redo_logged_pushes(self) -> None:
+        """After a crash: apply the logged pushes of the clock in progress again (gradients are held again)."""
+        for _, record in self.store.held():
+            push = decode_push_request(record)
+            self.push(push.table, push.keys, push.values, push.mode, push.worker, push.version, push.lr_scale or 1.0,
+                      push.seq, push.clock)
 
     def call(self, name: str, psf: str, args: dict[str, str], tensors: list[np.ndarray]):
         table = self.table(name)

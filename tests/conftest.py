@@ -102,8 +102,9 @@ def _schedulers(root: Path):
     launched."""
     started: list[SchedulerUnderTest] = []
 
-    def make(name: str = "sched", port: int = 0, heartbeat_timeout: float = 3.0, extra=(),
+    def make(name: str = "sched", port: int = 0, heartbeat_timeout: float = 10.0, extra=(),
              http_port: int | None = None) -> SchedulerUnderTest:
+        # 10 s, the scheduler's default: with 3 s a PS starved of CPU on a loaded 2-core host was declared dead
         sched = SchedulerUnderTest(root / name, port=port, heartbeat_timeout_s=heartbeat_timeout, extra_args=extra,
                                    http_port=http_port)
         started.append(sched)

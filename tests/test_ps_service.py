@@ -190,10 +190,12 @@ def test_a_deterministic_strict_ps_killed_mid_clock_applies_every_acknowledged_p
         clients = [PSClient(cluster.addresses, worker_id=w, num_workers=2, retry_s=60) for w in (0, 1)]
         try:
             tables = [c.sparse_table("emb", dim=8, init=Normal(0.0, 0.1), optimizer=Adam(lr=0.05)) for c in clients]
+            levels = [c.dense_table("levels", (2, 8)) for c in clients]  # written (ASSIGN) as propagation does
             for step in range(2):
                 for w in (1, 0):
                     tables[w].pull(keys)
                     tables[w].push(keys, grads[w] * (step + 1))
+                    levels[w].push([w], grads[w][:1] * (step + 1), mode="assign")
                 ticked = threading.Thread(target=clients[0].clock, daemon=True)
                 ticked.start()
                 if crash and step == 1:  # both pushes acknowledged, one tick in: kill -9 every shard
@@ -204,7 +206,7 @@ def test_a_deterministic_strict_ps_killed_mid_clock_applies_every_acknowledged_p
                     assert [h.restored_clock for h in clients[1].health()] == [1, 1]
                 clients[1].clock()
                 ticked.join(60)
-            return tables[0].pull(keys)
+            return np.concatenate([tables[0].pull(keys), levels[1].pull_all()])
         finally:
             for c in clients:
                 c.close()

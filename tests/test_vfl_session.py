@@ -413,7 +413,7 @@ def test_blindfl_job_trains_lr_on_breast_cancer_and_survives_a_killed_party(tmp_
              "epochs": 8, "batch_size": 64, "lr": 0.1, "handshake_timeout_s": 60, "recv_timeout_s": 60}
     job = {"name": "vfl-bc", "algorithm": "vfl.blindfl", "cluster": {"ps": 1, "workers": 2, "ps_per_worker": True},
            "storage": {"ram_mb": 16, "page_kb": 64}, "train": train}
-    sched = scheduler_factory(heartbeat_timeout=10.0)
+    sched = scheduler_factory()
     with sched.client() as client:
         status = client.submit(yaml.safe_dump(job), "local", str(tmp_path))
         job_id, run_dir = status.job_id, Path(status.run_dir)
