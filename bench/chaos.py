@@ -17,6 +17,7 @@ and ``runs_total``, then each run's faults and outcome as comment lines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -79,7 +80,7 @@ class ChaosCluster:
         self.root = root
         self.scheduler = SchedulerProcess(root / "scheduler")
         self.runs = root / "runs"
-        self.runs.mkdir()
+        self.runs.mkdir(parents=True)
         self.pids: set[int] = set()
 
     def client(self) -> SchedulerClient:
@@ -114,7 +115,10 @@ def run(cluster: ChaosCluster, spec: dict[str, Any], fault_times: list[float], r
             break
         elapsed = time.monotonic() - start
         if elapsed > timeout_s:
-            raise TimeoutError(f"{spec['name']} ran {elapsed:.0f}s without ending; see {status.run_dir}/logs")
+            with cluster.client() as client:
+                client.cancel(job_id)
+            return Outcome("HUNG", [], elapsed, faults, f"did not end within {timeout_s:.0f}s; cancelled; see "
+                                                         f"{status.run_dir}/logs")
         if pending and elapsed >= pending[0]:
             pending.pop(0)
             faults.append(inject(cluster, status, rng, elapsed))
@@ -158,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="faulted runs per job")
     p.add_argument("--faults", type=int, default=2, help="faults per run")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs-dir", type=Path, help="a new directory to keep the runs in (default: a temporary one)")
     p.add_argument("--ctr-steps", type=int, default=300)
     p.add_argument("--gamlp-nodes", type=int, default=30000)
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds a run may take before it counts as hung")
     a = p.parse_args(argv)
     jobs = {"ctr": lambda: ctr_job(a.ctr_steps), "gamlp": lambda: gamlp_job(a.gamlp_nodes)}
     chosen = [j.strip() for j in a.jobs.split(",") if j.strip()]
@@ -172,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(a.seed)
     figures: dict[str, float] = {}
     notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="seraphim-chaos-") as tmp:
+    if a.runs_dir is not None and a.runs_dir.exists():
+        p.error(f"--runs-dir {a.runs_dir} exists; give a new directory")
+    keep = contextlib.nullcontext(str(a.runs_dir)) if a.runs_dir else None
+    with keep or tempfile.TemporaryDirectory(prefix="seraphim-chaos-") as tmp:
         cluster = ChaosCluster(Path(tmp))
         try:
             for name in chosen:

@@ -359,14 +359,17 @@ class PSClient:
         """A hex digest of `tables` (default: every table with an optimizer that this client opened: the trained
         model), by name: equal exactly when two runs end with bitwise the same model (reproducible runs, chaos)."""
         names = sorted(n for n, t in self._tables.items() if t.spec.optimizer.name) if tables is None else tables
-        unknown = [n for n in names if n not in self._tables]
-        if unknown:
-            raise InvalidArgument(f"digest of tables {unknown} that this client has not opened; open: "
-                                  f"{sorted(self._tables)}")
         combined = hashlib.sha256()
         for name in names:
-            combined.update(f"{name}:{self._tables[name].digest()};".encode())
+            combined.update(f"{name}:{self.table_digest(name)};".encode())
         return combined.hexdigest()
+
+    def table_digest(self, name: str) -> str:
+        """A hex digest of table `name`'s keys and weights (the PSF ``digest`` of every shard, in shard order); the
+        table need not be open here."""
+        request = ps_pb2.PsfRequest(table=name, name="digest", worker=self.worker_id)
+        replies = self._all("Call", lambda s: request, ps_pb2.PsfReply)
+        return hashlib.sha256(b"".join(decode_array(r.tensors[0]).tobytes() for r in replies)).hexdigest()
 
     def health(self) -> list[ps_pb2.HealthReply]:
         return self._all("Health", lambda s: ps_pb2.HealthRequest(), ps_pb2.HealthReply)
@@ -580,12 +583,6 @@ class Table(ABC):
         replies = self.client._all("Call", lambda s: request, ps_pb2.PsfReply)
         partials = [[np.array(decode_array(t)) for t in r.tensors] for r in replies]
         return merge_partials(replies[0].merge, partials, args)
-
-
-    def digest(self) -> str:
-        """A hex digest of the whole table's keys and weights (the PSF ``digest`` of every shard, in shard order):
-        equal exactly when two tables hold bitwise the same model."""
-        return hashlib.sha256(np.asarray(self.call("digest")[0], dtype=np.uint8).tobytes()).hexdigest()
 
 
 class SparseTable(Table):

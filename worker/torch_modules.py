@@ -116,7 +116,8 @@ class PSOptimizer:
     With ``module``, its floating-point buffers (batch-norm running statistics) are averaged over the workers at
     every step as well, through one PS row per worker and clock, so evaluation gives the same answer on every
     worker. The rows of consecutive clocks alternate over staleness + 2 blocks: a worker that runs ahead writes
-    the next clock's block while a slower one still reads this one's.
+    the next clock's block while a slower one still reads this one's. Each row ends with the clock it was written
+    for, so a restarted worker takes the mean of the last completed clock back (its own buffers were lost).
     """
 
     def __init__(self, params: PSParameters, module: torch.nn.Module | None = None) -> None:
@@ -127,8 +128,24 @@ class PSOptimizer:
         if self.buffers:
             numel = sum(b.numel() for b in self.buffers)
             self.blocks = 2 + max(0, max(h.staleness for h in client.health()))
-            self.buffer_table = client.dense_table(f"{params.name}.buffers", (self.blocks * client.num_workers, numel))
+            self.buffer_table = client.dense_table(f"{params.name}.buffers",
+                                                   (self.blocks * client.num_workers, numel + 1))
+            if client.clock_value > 0:
+                self._restore_buffers()
         params.pull()
+
+    def _rows(self, clock: int) -> np.ndarray:
+        """The buffer rows the workers write in the step that ends at `clock` + 1."""
+        workers = self.params.client.num_workers
+        return (clock % self.blocks) * workers + np.arange(workers, dtype=np.int64)
+
+    def _restore_buffers(self) -> None:
+        """A restarted worker: the buffers every worker loaded after the last completed clock, when a step of this
+        model wrote them (a model whose first step is still to come keeps its initial buffers)."""
+        clock = self.params.client.clock_value
+        rows = self.buffer_table.pull(self._rows(clock - 1))
+        if (rows[:, -1] == clock).all():
+            self._load_mean(rows[:, :-1].mean(axis=0))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for _, p in self.params.params:
@@ -144,12 +161,13 @@ class PSOptimizer:
             client.clock()
             self.params.pull()
             return
-        rows = (client.clock_value % self.blocks) * client.num_workers + np.arange(client.num_workers, dtype=np.int64)
-        own = torch.cat([b.detach().reshape(-1).to(torch.float32) for b in self.buffers]).numpy()
+        rows = self._rows(client.clock_value)
+        own = torch.cat([b.detach().reshape(-1).to(torch.float32) for b in self.buffers]
+                        + [torch.tensor([client.clock_value + 1], dtype=torch.float32)]).numpy()
         self.buffer_table.push_async(rows[client.worker_id:client.worker_id + 1], own[None, :], mode="assign")
         client.clock()
         self.params.pull()
-        self._load_mean(self.buffer_table.pull(rows).mean(axis=0))
+        self._load_mean(self.buffer_table.pull(rows)[:, :-1].mean(axis=0))
 
     @torch.no_grad()
     def _load_mean(self, flat: np.ndarray) -> None:

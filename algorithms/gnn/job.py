@@ -23,6 +23,7 @@ from seraphim.algorithms.gnn.csr import GraphError
 from seraphim.algorithms.gnn.graph_io import iter_chunks
 from seraphim.algorithms.gnn.graph_source import GraphData, GraphSourceSpec, open_graph, worker_ranges
 from seraphim.algorithms.gnn.hop_tables import WRITE_ROWS, HopTables
+from seraphim.algorithms.gnn.progress import WorkerProgress
 from seraphim.algorithms.gnn.ps_propagation import HopTiming, propagate_partition
 from seraphim.algorithms.gnn.source_tiles import SourceTiles, source_tiles
 from seraphim.algorithms.gnn.train import CachedHops, HopSource, RLUConfig, Share, Split, TrainConfig, fit
@@ -125,6 +126,11 @@ class PSHops:
         return self.tables.read_levels(np.asarray(node_ids, dtype=np.int64), self.levels)
 
 
+def model_table(stage: int) -> str:
+    """The PS table of stage `stage`'s model."""
+    return f"gnn_model_s{stage}"
+
+
 class _Run:
     """One worker's pass through the job's clock steps (skipping those a restarted worker finds done)."""
 
@@ -136,7 +142,9 @@ class _Run:
         self.tiles: SourceTiles = source_tiles(data.graph, self.lo, self.hi, spec.propagation.tile_rows,
                                                spec.propagation.r)
         self.partition_s = time.perf_counter() - start
-        self.step = ctx.start_step
+        self.step = 0  # clock steps taken, trained or (a restarted worker) replayed
+        self.resume_step = ctx.start_step  # the clock the PS shards held for this worker when it started
+        self.progress = WorkerProgress(ctx.run_dir / "progress" / f"worker-{ctx.rank}.pt", self)
         self.hops_total = spec.propagation.hops + spec.propagation.label_hops
         self.propagation_s = 0.0
         self.hop_timings: dict[str, list[dict[str, float]]] = {}
@@ -147,11 +155,12 @@ class _Run:
                                                    np.asarray(data.test_idx)]))
         self.cache_budget = int(spec.training.hop_cache_mb * 2**20)
         self.feature_cache_bytes = 0
-        self.model_tables: list[str] = []  # each stage's model table, for the result's model digest
 
     def barrier(self) -> None:
-        self.ps.clock()
+        """End a propagation step; a restarted worker recomputing a level that is complete does not tick."""
         self.step += 1
+        if self.step > self.resume_step:
+            self.ps.clock()
 
     def _propagate(self, tables: HopTables, seed_rows: np.ndarray, hop_offset: int, read: range) -> HopSource:
         """Store this range's seed as level 0, then every hop, each one clock step; returns the training source over
@@ -218,9 +227,8 @@ class _Run:
 
     def make_optimizer(self, model: torch.nn.Module, stage: int) -> PSOptimizer:
         t = self.spec.training
-        params = PSParameters(self.ps, f"gnn_model_s{stage}", model.named_parameters(),
+        params = PSParameters(self.ps, model_table(stage), model.named_parameters(),
                               Adam(lr=t.lr, weight_decay=t.weight_decay), cols=MODEL_ROW_COLS)
-        self.model_tables.append(params.name)
         return PSOptimizer(params, model)
 
     def on_step(self, loss: float) -> None:
@@ -270,7 +278,7 @@ def run_gnn(spec: GNNSpec, ctx: JobContext) -> dict[str, Any]:
                   np.asarray(data.labels), split, data.num_classes, config, rlu,
                   run.label_propagator if spec.propagation.label_hops else None, ctx.log.info,
                   Share(ctx.rank, ctx.world_size), run.make_optimizer, run.on_step, run.on_eval,
-                  label_folds=spec.propagation.label_folds)
+                  label_folds=spec.propagation.label_folds, progress=run.progress)
     train_s = time.perf_counter() - start
     train_start = [start] + run.eval_times[:-1]
     final = results[-1]
@@ -284,7 +292,7 @@ def run_gnn(spec: GNNSpec, ctx: JobContext) -> dict[str, Any]:
         "propagation_s": run.propagation_s, "hop_s": run.hop_timings, "train_s": train_s,
         "epoch_s": [b - a for a, b in zip(train_start, run.eval_times)],
         "hop_cache_bytes": run.feature_cache_bytes, "worker_peak_rss_bytes": peak_rss_bytes(),
-        "worker_cpu_s": time.process_time(), "model_digest": ctx.ps.digest(run.model_tables),
+        "worker_cpu_s": time.process_time(), "model_digest": ctx.ps.digest([model_table(r.stage) for r in results]),
     }
     if ctx.rank == 0:
         stats = ctx.ps.stats()

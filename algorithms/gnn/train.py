@@ -32,8 +32,8 @@ from seraphim.algorithms.gnn.propagation import train_one_hot
 __all__ = [
     "HopSource", "InMemoryHops", "CachedHops", "LabelPropagator", "graph_label_propagator", "FoldedLabels",
     "folded_label_input", "Split", "TrainConfig", "RLUConfig",
-    "SELECTIONS", "Teacher", "StageResult", "Share", "Stepper", "MakeOptimizer", "predict", "accuracy", "train_stage",
-    "fit",
+    "SELECTIONS", "Teacher", "StageResult", "StageState", "Progress", "Share", "Stepper", "MakeOptimizer", "predict",
+    "accuracy", "train_stage", "fit",
 ]
 
 
@@ -295,6 +295,37 @@ class Share:
     world: int = 1
 
 
+@dataclass
+class StageState:
+    """A stage's training at an evaluation, saved there so that a restarted worker carries on from it: the
+    early-stopping record, the batch generator's and torch's random states after ``epoch``."""
+
+    stage: int
+    epoch: int
+    best_val: float
+    best_epoch: int
+    stale: int
+    best_state: dict[str, torch.Tensor]
+    batch_rng: dict
+    torch_rng: torch.Tensor
+
+
+class Progress(Protocol):
+    """Where a data-parallel worker keeps its training progress (the job keeps it in its run directory)."""
+
+    def finished(self, stage: int) -> StageResult | None:
+        """The result of `stage` when this worker had finished it before a restart."""
+
+    def saved(self, stage: int) -> StageState | None:
+        """The last state of `stage` this worker saved before a restart."""
+
+    def save(self, record: StageState | StageResult) -> None: ...
+
+    def trained(self) -> bool:
+        """Whether the next step was trained before a restart (its update is on the PS already): it is then only
+        replayed for its random draws."""
+
+
 class Stepper(Protocol):
     """What training needs of an optimizer: a torch optimizer, or a PS-backed one shared by the workers."""
 
@@ -312,13 +343,14 @@ def train_stage(model: nn.Module, features: HopSource, labels: np.ndarray, split
                 stage: int = 0, log: Callable[[str], None] | None = None, share: Share = Share(),
                 make_optimizer: MakeOptimizer | None = None,
                 on_step: Callable[[float], None] | None = None,
-                on_eval: Callable[[int, float], None] | None = None) -> StageResult:
+                on_eval: Callable[[int, float], None] | None = None,
+                progress: Progress | None = None) -> StageResult:
     """Train ``model`` (``model(hops, label_rows) -> logits``) on ``split.train`` until early stopping; reload the
     best-validation weights and return their accuracies and logits. ``teacher`` adds the RLU distillation term.
 
     Several workers (``share``) each evaluate the same validation set with the same synchronized weights, so they
     take the same early-stopping decisions without talking; ``on_step(loss)`` and ``on_eval(epoch, valid_acc)``
-    report progress."""
+    report progress. ``progress`` saves the stage's state at each evaluation and restores it after a restart."""
     rng = np.random.default_rng(config.seed * 1_000_003 + stage)
     optimizer = (make_optimizer(model, stage) if make_optimizer is not None else
                  torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay))
@@ -326,11 +358,21 @@ def train_stage(model: nn.Module, features: HopSource, labels: np.ndarray, split
     n_extra = 0 if teacher is None else len(teacher.ids)
     teacher_probs = None if teacher is None else torch.from_numpy(teacher.probs.astype(np.float32))
     best_val, best_epoch, best_state, stale, epoch = -1.0, 0, copy.deepcopy(model.state_dict()), 0, 0
+    saved = progress.saved(stage) if progress is not None else None
+    if saved is not None:
+        rng.bit_generator.state = saved.batch_rng
+        torch.set_rng_state(saved.torch_rng)
+        best_val, best_epoch, best_state, stale, epoch = (saved.best_val, saved.best_epoch, saved.best_state,
+                                                          saved.stale, saved.epoch)
     start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    stopped = config.select != "last" and stale >= config.patience  # restored after its early stop
+    for epoch in range(epoch + 1, (epoch if stopped else config.epochs) + 1):
         model.train()
         for tr_pos, ex_pos in _batches(rng, len(split.train), n_extra, config.batch_size, share):
             ids = split.train[tr_pos] if teacher is None else np.concatenate([split.train[tr_pos], teacher.ids[ex_pos]])
+            if progress is not None and progress.trained():
+                _replay(model, _tensors(features.fetch(ids)), _label_rows(label_input, ids))
+                continue
             out = model(_tensors(features.fetch(ids)), _label_rows(label_input, ids))
             b1, b2 = len(tr_pos), len(ex_pos)
             loss = F.cross_entropy(out[:b1], y_train[tr_pos]) * (b1 / (b1 + b2)) if b1 else out.sum() * 0.0
@@ -348,15 +390,17 @@ def train_stage(model: nn.Module, features: HopSource, labels: np.ndarray, split
                            labels[split.valid])
             if on_eval is not None:
                 on_eval(epoch, val)
-            if config.select == "last":
-                continue
-            if val > best_val:
-                best_val, best_epoch, stale = val, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += config.eval_every
-                if stale >= config.patience:
-                    break
+            if config.select != "last":
+                if val > best_val:
+                    best_val, best_epoch, stale = val, epoch, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    stale += config.eval_every
+            if progress is not None:
+                progress.save(StageState(stage, epoch, best_val, best_epoch, stale, best_state,
+                                         rng.bit_generator.state, torch.get_rng_state()))
+            if config.select != "last" and stale >= config.patience:
+                break
     if config.select == "last":
         best_epoch = epoch
     else:
@@ -372,6 +416,16 @@ def train_stage(model: nn.Module, features: HopSource, labels: np.ndarray, split
     return result
 
 
+def _replay(model: nn.Module, hops: list[torch.Tensor], label_rows: torch.Tensor | None) -> None:
+    """A step trained before a restart: its forward draws dropout's random numbers as it did, so the steps after
+    it match; its buffers are left as they were (the optimizer restored the workers' batch-norm statistics)."""
+    buffers = [b.clone() for b in model.buffers()]
+    with torch.no_grad():
+        model(hops, label_rows)
+        for b, kept in zip(model.buffers(), buffers):
+            b.copy_(kept)
+
+
 def _teacher(previous: StageResult, split: Split, rlu: RLUConfig) -> Teacher:
     probs = softmax(previous.eval_logits / rlu.temperature)
     confident = probs.max(1) > rlu.threshold
@@ -383,14 +437,16 @@ def fit(build_model: Callable[[int], nn.Module], features: HopSource, labels: np
         label_propagator: LabelPropagator | None = None,
         log: Callable[[str], None] | None = None, share: Share = Share(),
         make_optimizer: MakeOptimizer | None = None, on_step: Callable[[float], None] | None = None,
-        on_eval: Callable[[int, float], None] | None = None, label_folds: int = 1) -> list[StageResult]:
+        on_eval: Callable[[int, float], None] | None = None, label_folds: int = 1,
+        progress: Progress | None = None) -> list[StageResult]:
     """The trainer's entry point: one stage (``rlu=None``, ``config.epochs``) or the RLU stages.
 
     ``build_model(stage)`` makes a fresh model per stage, after torch's RNG is seeded from ``config.seed`` and the
     stage, so a run is reproducible. With ``label_propagator`` the label branch reads ``Ŷ^(K)`` of the seed:
     training labels one-hot, plus (stage > 0) the teacher's soft labels of the confident valid/test nodes.
     ``share``, ``make_optimizer``, ``on_step`` and ``on_eval`` go to :func:`train_stage` (data-parallel workers).
-    ``label_folds`` > 1 keeps every seed's own label out of its own input (:class:`FoldedLabels`).
+    ``label_folds`` > 1 keeps every seed's own label out of its own input (:class:`FoldedLabels`). ``progress``
+    keeps each finished stage's result and each evaluation's state, so a restarted worker carries on.
     """
     if label_folds < 1:
         raise ValueError(f"label_folds must be >= 1 (1 = one propagation of all seeds), got {label_folds}")
@@ -400,6 +456,10 @@ def fit(build_model: Callable[[int], nn.Module], features: HopSource, labels: np
     seed_rows = train_one_hot(labels, split.train, num_classes)
     results: list[StageResult] = []
     for stage, epochs in enumerate(stage_epochs):
+        finished = progress.finished(stage) if progress is not None else None
+        if finished is not None:
+            results.append(finished)
+            continue
         teacher = None if stage == 0 else _teacher(results[-1], split, rlu)
         ids, rows = seed_ids, seed_rows
         if teacher is not None:
@@ -409,6 +469,9 @@ def fit(build_model: Callable[[int], nn.Module], features: HopSource, labels: np
         torch.manual_seed(config.seed * 1_000_003 + stage)
         model = build_model(stage)
         result = train_stage(model, features, labels, split, replace(config, epochs=epochs), label_input, teacher,
-                             0.0 if rlu is None else rlu.gamma, stage, log, share, make_optimizer, on_step, on_eval)
+                             0.0 if rlu is None else rlu.gamma, stage, log, share, make_optimizer, on_step, on_eval,
+                             progress)
+        if progress is not None:
+            progress.save(result)
         results.append(result)
     return results
