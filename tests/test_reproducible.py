@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from seraphim.proto import scheduler_pb2
@@ -54,15 +56,15 @@ def test_a_gamlp_worker_killed_mid_training_resumes_to_the_same_model(tmp_path, 
     """The restarted worker reads its saved training progress back, recomputes the complete propagation levels
     without ticking, and replays the steps since its last save for their random draws only."""
     job = gamlp_job("repro-gnn", rlu={"stages": 2, "threshold": 0.7})
-    job["train"]["training"].update(epochs=6, patience=6)
+    job["train"]["training"].update(epochs=8, patience=8)
     job["consistency"] = {"deterministic": True}
     job["storage"]["durability"] = "strict"
     with scheduler_factory().client() as client:
         quiet = wait_for(client, client.submit(yaml.safe_dump(dict(job, name="quiet")), "local",
                                                str(tmp_path)).job_id, done, timeout=240)
         status = client.submit(yaml.safe_dump(dict(job, name="killed")), "local", str(tmp_path))
-        status = wait_for(client, status.job_id, lambda s: s.step >= quiet.step * 2 // 3, timeout=240)
-        os.kill(node(status, "worker", 1).pid, signal.SIGKILL)  # two thirds through the run: training
+        status = wait_for(client, status.job_id, lambda s: node(s, "worker", 1).pid > 0, timeout=120)
+        _kill_in_stage_1(Path(status.run_dir) / "progress" / "worker-1.pt", node(status, "worker", 1).pid)
         killed = wait_for(client, status.job_id, done, timeout=240)
     assert scheduler_pb2.JobState.Name(killed.state) == "SUCCEEDED", killed.reason
     assert node(killed, "worker", 1).attempt == 2
@@ -70,3 +72,17 @@ def test_a_gamlp_worker_killed_mid_training_resumes_to_the_same_model(tmp_path, 
                for p in sorted((Path(status.run_dir) / "results").glob("worker-*.json"))]
     assert len(results) == 4 and len({r["model_digest"] for r in results}) == 1
     assert len({json.dumps(r["stages"]) for r in results}) == 1  # evaluation too: batch-norm statistics came back
+
+
+def _kill_in_stage_1(progress: Path, pid: int, timeout_s: float = 240.0) -> None:
+    """SIGKILL `pid` once its saved progress shows an evaluation of RLU stage 1 (the stage's training goes on):
+    stopped first, so it cannot finish the stage between the check and the kill."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        saved = torch.load(progress, weights_only=False) if progress.exists() else None
+        if saved is not None and saved["state"] is not None and saved["state"][1].stage == 1:
+            os.kill(pid, signal.SIGSTOP)
+            os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{progress} showed no evaluation of stage 1 within {timeout_s:.0f}s")
