@@ -47,9 +47,9 @@ class OrderedPushes:
             self._held.setdefault(clock, {})[key] = apply
             return (clock, *key)
 
-    def apply_through(self, clock: int) -> int:
-        """Apply every held push of clocks <= `clock`, clock by clock, in (worker, seq) order; returns the number
-        applied. Called when the slowest worker completes `clock`, under the clock table's lock."""
+    def apply_through(self, clock: int) -> None:
+        """Apply every held push of clocks <= `clock`, clock by clock, in (worker, seq) order. Called when the
+        slowest worker completes `clock`, under the clock table's lock."""
         with self._lock:
             due = sorted(c for c in self._held if c <= clock)
             batches = [[apply for _, apply in sorted(self._held.pop(c).items())] for c in due]
@@ -57,9 +57,3 @@ class OrderedPushes:
         for batch in batches:
             for apply in batch:
                 apply()
-        return sum(len(batch) for batch in batches)
-
-    def held(self) -> int:
-        """Pushes waiting for their clock to complete."""
-        with self._lock:
-            return sum(len(batch) for batch in self._held.values())
