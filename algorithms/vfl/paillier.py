@@ -70,6 +70,7 @@ _CT_HEADER = struct.Struct(">4sBB8sI")  # magic, version, ndim, key id, bytes pe
 _MAX_NDIM = 32
 _TABLE_ENTRIES_MAX = 1 << 18  #: window-table entries alive at once (~140 MB at 2048 bits); more columns go in blocks
 _INT64_SAFE = 1 << 62  #: signed-digit recoding in int64 stays exact below this magnitude
+_FILL_NICENESS = 5  #: added to a randomness pool's background processes' niceness
 _BITSLICE_ENTRIES_MAX = 1 << 22  #: largest chunk (rows × columns) a bit-sliced product densifies
 
 
@@ -416,6 +417,7 @@ def _rn_source(n: mpz, factors: tuple[mpz, mpz] | None) -> Callable[[int], list[
 
 
 def _fill_worker(n: mpz, factors: tuple[mpz, mpz] | None, out: mp.Queue, chunk: int) -> None:
+    os.nice(_FILL_NICENESS)
     draw = _rn_source(n, factors)
     while True:  # put() blocks while the pool is full; the parent terminates this process
         out.put(draw(chunk))
@@ -436,7 +438,8 @@ class RandomnessPool:
     fixed-base ``hs^α`` of :class:`_FixedBaseRandomness` (for encryptions only parties without the factors see).
 
     ``take`` never waits: what the background has not made yet is computed in the caller, so a drained pool
-    costs time, never correctness.
+    costs time, never correctness. The background runs at a lower CPU priority (``_FILL_NICENESS``): it is for
+    later steps, so it takes the cores the running step leaves idle rather than slowing that step down.
     """
 
     def __init__(self, pub: PublicKey, size: int, processes: int = 1, private_key: PrivateKey | None = None,
