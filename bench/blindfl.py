@@ -11,9 +11,11 @@ configurations of the layer's output width H:
 - ``h{hidden}``: a Hetero-NN bottom layer (H = ``--hidden``, 16), the kind of model FATE's published epoch time
   is for; ``ratio_vs_naive_phe`` and ``ours_epoch_100k_est_s`` are this configuration's.
 
-- **ours**: ``blindfl.MatMulSourceLayer`` (batched multi-exponentiation products over numpy object arrays, slots
+- **ours**: ``blindfl.MatMulSourceLayer`` (bit-sliced multi-exponentiation products over numpy object arrays, slots
   packed by columns and rows folded into one ciphertext before re-randomisation and decryption, the label party's
-  gradient randomness from a pool with one background process), timed steps after one warm-up step.
+  gradient randomness and each party's share re-randomisation from pools with one background process each, at a
+  lower priority), timed steps after one warm-up step; the pools are emptied when the timing starts, so what they
+  contribute is what the background sustains during the timed steps.
 - **naive phe**: one ``phe.EncryptedNumber`` per value, per-element multiply/add, ``obfuscate()`` and ``decrypt``
   per value, ``encrypt`` per gradient value. It runs a few samples (one step); its per-sample time does not depend
   on the batch size (every operation is per element), so samples/s is extrapolated from that subset.
@@ -100,6 +102,7 @@ def _ours_party(name: str, keys: dict, inboxes: dict, features: int, h: int, bat
     start = 0.0
     for s in range(steps + 1):
         if s == 1:
+            pk.drain_pools()
             start = time.perf_counter()
         rows = slice(s * batch, (s + 1) * batch)
         z = layer.forward(x[name][rows])

@@ -176,6 +176,11 @@ class PartyKeys:
                                                  private_key=own)
         return self._pools[pub]
 
+    def drain_pools(self) -> int:
+        """Discard the values the pools hold now and return how many: a benchmark then times the rate the
+        background sustains, not a pool filled before the timing began."""
+        return sum(len(pool.take(pool.available())) for pool in self._pools.values())
+
     def encrypt_once(self, pub: he.PublicKey, m: np.ndarray) -> he.CipherTensor:
         """A one-off encryption (setup), without background processes; under our own key with the owner's
         fixed-base randomness, whose tables are built once for every such call."""
