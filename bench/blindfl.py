@@ -7,9 +7,9 @@ products re-randomised before sending, decrypted masked shares, plaintext shares
 [[-lr·dZ]], homomorphic updates of [[V]]; fixed-point encodings (features 2^-16, gradients 2^-32). Two
 configurations of the layer's output width H:
 
-- ``h1``: logistic regression (H = 1), batch ``--batch``;
-- ``h{hidden}``: a Hetero-NN bottom layer (H = ``--hidden``, 16), the kind of model FATE's published epoch time
-  is for; ``ratio_vs_naive_phe`` and ``ours_epoch_100k_est_s`` are this configuration's.
+- ``h1``: logistic regression (H = 1), batch ``--batch``, 4 timed steps;
+- ``h{hidden}``: a Hetero-NN bottom layer (H = ``--hidden``, 16; batch 256, 2 timed steps), the kind of model
+  FATE's published epoch time is for; ``ratio_vs_naive_phe`` and ``ours_epoch_100k_est_s`` are this configuration's.
 
 - **ours**: ``blindfl.MatMulSourceLayer`` (bit-sliced multi-exponentiation products over numpy object arrays, slots
   packed by columns and rows folded into one ciphertext before re-randomisation and decryption, the label party's
@@ -276,8 +276,8 @@ def main() -> None:
 
     keys = {p: he.generate_keypair(args.bits) for p in (LABEL, FEATURE)}
     figures = {"key_bits": args.bits, "features_per_party": args.features, "cpu_cores": os.cpu_count() or 0}
-    figures |= _measure(keys, args, 1, args.batch, 2, 16)
-    figures |= _measure(keys, args, args.hidden, 256, 1, 2)
+    figures |= _measure(keys, args, 1, args.batch, 4, 16)
+    figures |= _measure(keys, args, args.hidden, 256, 2, 2)
     h = args.hidden
     figures |= {"ratio_vs_naive_phe": figures[f"h{h}_ratio_vs_naive_phe"],
                 "ours_epoch_100k_est_s": figures[f"h{h}_ours_epoch_100k_est_s"],
