@@ -14,8 +14,9 @@ configurations of the layer's output width H:
 - **ours**: ``blindfl.MatMulSourceLayer`` (bit-sliced multi-exponentiation products over numpy object arrays, slots
   packed by columns and rows folded into one ciphertext before re-randomisation and decryption, the label party's
   gradient randomness and each party's share re-randomisation from pools with one background process each, at a
-  lower priority), timed steps after one warm-up step; the pools are emptied when the timing starts, so what they
-  contribute is what the background sustains during the timed steps.
+  lower priority), timed steps after one warm-up step. The pools are emptied when the timing starts, so values
+  made before it cannot flatter the figure; their refill during the timing is counted, which understates a
+  steady state a little.
 - **naive phe**: one ``phe.EncryptedNumber`` per value, per-element multiply/add, ``obfuscate()`` and ``decrypt``
   per value, ``encrypt`` per gradient value. It runs a few samples (one step); its per-sample time does not depend
   on the batch size (every operation is per element), so samples/s is extrapolated from that subset.
