@@ -145,6 +145,28 @@ def test_matrix_products_dense_and_sparse_are_exact(keys):
         P.plain_matmul_cipher(x.astype(float), cv)
 
 
+def test_bitsliced_products_equal_straus_and_the_plaintext_product(keys):
+    """Dense products go by bit slices over joint tables when cheaper: negative multipliers through the offset,
+    tables split into blocks, zero patterns skipped; the ciphertexts equal Straus's (a product mod n² is unique)."""
+    pub, priv = keys
+    rng = np.random.default_rng(7)
+    x = _int_matrix(rng, (40, 23), 20)
+    v = rng.integers(-2**40, 2**40, size=(23, 2))
+    cv = pub.encrypt(v)
+    assert P._bitslice_plan(x, 2)[0] < P._choose_plan(40, 23, x.size, 2, 20, True)[0]  # the path under test
+    straus = P._multiexp_block(*np.nonzero(np.ones_like(x)), P._window_digits(x.ravel(), 4, True), True, cv.values,
+                               40, 4, False, pub.nsquare)
+    for exps in (x, np.abs(x), np.where(rng.random(x.shape) < 0.9, 0, np.abs(x))):
+        cost, t, per_block, offset = P._bitslice_plan(exps, 2)
+        assert (offset > 0) == bool((exps < 0).any())
+        for block in (per_block, 1):  # every group in one table block, or one group per block
+            out = P._bitslice_multiexp(exps, cv.values, pub.nsquare, t, block, offset)
+            assert (priv.decrypt(P.CipherTensor(out, pub)) == _obj(exps) @ _obj(v)).all()
+            if exps is x:
+                assert (out == straus).all()
+    assert (P.plain_matmul_cipher(x, cv).values == straus).all()
+
+
 def test_sparse_product_costs_only_nonzeros_and_handles_wide_inputs(keys):
     """One-hot-like rows over 50k features: the columns never touched must not be computed (this would take
     minutes if they were), and untouched rows of X^T G are encryptions of zero."""

@@ -5,7 +5,9 @@ ciphertexts or masked shares only, tampering is caught, schemas are checked, sta
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from typing import Callable
 
 import numpy as np
@@ -142,6 +144,26 @@ def test_forward_and_update_equal_plaintext_dense_sparse_embed(keys):
         want_table = table[p].copy()
         np.add.at(want_table, codes[p].reshape(-1), -0.1 * g)
         assert np.allclose(reveal_weight(layers[p][1], _owner_key(layers[p][1], keys)), want_table, atol=1e-8)
+
+
+def test_pools_of_own_and_peer_keys_fill_at_lower_priority_and_drain(keys):
+    """Both the own key's pool (gradients) and a peer key's pool (share re-randomisation) fill in background
+    processes niced below the party's, so they take idle cores; drain_pools empties them."""
+    pk = PartyKeys(keys[LABEL][1], {"f1": keys["f1"][0]}, pool_processes=1)
+    try:
+        pools = [pk.pool(pk.public, 4), pk.pool(keys["f1"][0], 4)]
+        deadline = time.monotonic() + 20
+        while any(pool.available() < pool.size for pool in pools) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [pool.available() >= pool.size for pool in pools] == [True, True]
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        for pool in pools:
+            assert os.getpriority(os.PRIO_PROCESS, pool._procs[0].pid) == min(19, mine + P._FILL_NICENESS)
+        assert pk.drain_pools() >= sum(pool.size for pool in pools)
+        ct = keys["f1"][0].encrypt(np.array([5, -7]), pools[1])
+        assert (keys["f1"][1].decrypt(ct) == np.array([5, -7], dtype=object)).all()
+    finally:
+        pk.close()
 
 
 def test_sparse_inputs_cost_only_their_nonzeros(keys):

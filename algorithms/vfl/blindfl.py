@@ -142,10 +142,11 @@ class PartyKeys:
     """This party's private key, its peers' public keys, randomness pools for the keys it encrypts under every step
     and an optional process pool for ciphertext products and decryptions.
 
-    Only the own key's pool gets ``pool_processes`` background processes: it serves the label party's per-step
-    gradient encryptions (B·H values) with the owner's fixed-base ``hs^α`` by CRT (see paillier's notes); a peer
-    key's pool serves only the few packed shares a step sends, and a background process refilling it would mostly
-    compete with the products.
+    Every pool gets ``pool_processes`` background processes, which run at a lower CPU priority and so fill the
+    pools from the cores a step leaves idle (a party waiting for its peer): the own key's pool serves the label
+    party's per-step gradient encryptions (B·H values) with the owner's fixed-base ``hs^α`` by CRT (see paillier's
+    notes), a peer key's pool the re-randomisation of the packed shares a party sends (uniform ``r^n``, a full
+    exponentiation each).
     """
 
     def __init__(self, private: he.PrivateKey, peers: Mapping[str, he.PublicKey], pool_processes: int = 0,
@@ -171,9 +172,14 @@ class PartyKeys:
         """The pool for a key used every step, holding two steps' worth (``per_step`` values each) at least."""
         if pub not in self._pools:
             own = self._owner(pub)
-            self._pools[pub] = he.RandomnessPool(pub, max(self.pool_size, 2 * per_step),
-                                                 self.pool_processes if own else 0, private_key=own)
+            self._pools[pub] = he.RandomnessPool(pub, max(self.pool_size, 2 * per_step), self.pool_processes,
+                                                 private_key=own)
         return self._pools[pub]
+
+    def drain_pools(self) -> int:
+        """Discard the values the pools hold now and return how many: a benchmark then times the rate the
+        background sustains, not a pool filled before the timing began."""
+        return sum(len(pool.take(pool.available())) for pool in self._pools.values())
 
     def encrypt_once(self, pub: he.PublicKey, m: np.ndarray) -> he.CipherTensor:
         """A one-off encryption (setup), without background processes; under our own key with the owner's
