@@ -65,6 +65,9 @@ class DataSpec(_Section):
 class ModelSpec(_Section):
     preset: str = "hydit-t/4"
     overrides: dict[str, Any] = Field(default_factory=dict, description="DiTConfig fields replacing the preset's")
+    text_encoder: Literal["trained", "frozen"] = Field(
+        "trained", description="the caption encoder trains with the DiT, or stays at its seeded initial weights "
+                               "(HunyuanVideo keeps its text encoders frozen; the projection into the DiT still trains)")
 
     def config(self, data: DataSpec) -> DiTConfig:
         """The preset with the overrides; the caption length and the channels follow the data."""

@@ -78,6 +78,8 @@ class TrainingRun:
         tokenizer = CaptionTokenizer.from_captions(data.vocabulary(), spec.data.max_caption_tokens)
         torch.manual_seed(spec.training.seed)
         model = build_model(spec.model.config(spec.data), tokenizer.vocab_size, device)
+        if spec.model.text_encoder == "frozen":
+            model.cond.text.requires_grad_(False)
         keep_ema = ema and device != "meta"
         return cls(spec, data, tokenizer, model, spec.objective.build(),
                    EMA(model, spec.training.ema_decay) if keep_ema else None, rank)
