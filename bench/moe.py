@@ -8,11 +8,15 @@ What it measures, each against a peer in the same run:
    1.25, with and without Hunyuan-Large's recycle routing (seeds: mean and spread), against the dense model with the
    same active parameters: the share of token assignments no expert took (``drop_rate_*``) and the held-out loss
    after the same steps (``loss_*``).
-2. **KV cache**: bytes per token of a bf16 KV cache measured from generation, for MHA, GQA and GQA with cross-layer
+2. **The example against its dense twin**: ``examples/moe.yaml``'s MoE and the dense model with the same active
+   parameters trained in one process at the example's global batch, steps, schedule and routed-expert learning rate
+   (seeds: mean and spread), with Hunyuan-Large's top-1 routing of the same total width beside them, at the
+   advisor's rate for the routed experts and at the example's (``example_loss_*``).
+3. **KV cache**: bytes per token of a bf16 KV cache measured from generation, for MHA, GQA and GQA with cross-layer
    attention, against the formula 2 * kv_layers * kv_heads * head_dim * 2.
-3. **Experts pulled**: a worker whose routed experts live on real PS shards pulls only the chosen ones; the bytes
+4. **Experts pulled**: a worker whose routed experts live on real PS shards pulls only the chosen ones; the bytes
    pulled per training step and per generated token against pulling every expert (``expert_pull_bytes_ratio``).
-4. **Throughput**: ``seraphim run`` of the MoE job on 2 PS shards and 2 workers, experts on the PS and with
+5. **Throughput**: ``seraphim run`` of the MoE job on 2 PS shards and 2 workers, experts on the PS and with
    all-to-all expert parallelism, against the same model and global batch trained in one process with torch's
    AdamW (``ratio_vs_single_process``: global tokens/s over the single process's).
 """
@@ -24,7 +28,9 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +38,7 @@ import yaml
 
 from common import print_figures
 from e2e import run_job
+from seraphim.algorithms.moe.job import ExpertLRSpec, MoESpec
 from seraphim.algorithms.moe.model import PRESETS, MoECache, MoEConfig, MoELM, expert_shapes, init_expert
 from seraphim.algorithms.moe.placement import BankExperts
 from seraphim.algorithms.transformer.data import TextSourceSpec, TokenData, prepare_corpus
@@ -53,24 +60,34 @@ def bench_config(vocab: int, **overrides) -> MoEConfig:
     return MoEConfig(**{**PRESETS["moe-small"], "vocab_size": vocab, **STUDY, **overrides})
 
 
+def example_spec() -> MoESpec:
+    return MoESpec(**yaml.safe_load((REPO / "examples" / "moe.yaml").read_text())["train"])
+
+
 def example_config(vocab: int, **overrides) -> MoEConfig:
-    """examples/moe.yaml's model (moe-small)."""
-    return MoEConfig(**{**PRESETS["moe-small"], "vocab_size": vocab, "capacity_factor": 1.25, **overrides})
+    """examples/moe.yaml's model."""
+    return replace(example_spec().model.config(vocab), **overrides)
 
 
 def train_in_process(config: MoEConfig, data: TokenData, steps: int, seed: int, batch: int = BATCH,
-                     eval_batches: int = 8) -> dict[str, float]:
-    """Train with torch's AdamW (warm-up then constant) in this process; drop rate over steps, final held-out loss
-    and steady tokens/s."""
+                     eval_batches: int = 8, schedule: Callable[[int], float] | None = None,
+                     expert_lr_ratio: float = 1.0) -> dict[str, float]:
+    """Train with torch's AdamW in this process (warm-up then constant, or `schedule`: step -> lr multiplier; the
+    routed experts at `expert_lr_ratio` times the rest's rate); drop rate over steps, final held-out loss and steady
+    tokens/s."""
     torch.manual_seed(seed)
     model = MoELM(config, seed=seed)
     model.set_routing_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=WD)
+    routed = [p for name, p in model.named_parameters() if ".mlp.experts." in name]
+    rest = [p for name, p in model.named_parameters() if ".mlp.experts." not in name]
+    groups = [{"params": rest, "ratio": 1.0}] + ([{"params": routed, "ratio": expert_lr_ratio}] if routed else [])
+    opt = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.95), weight_decay=WD)
+    schedule = schedule or (lambda step: min(1.0, (step + 1) / WARMUP))
     dropped = assigned = 0
     times = []
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = LR * min(1.0, (step + 1) / WARMUP)
+            group["lr"] = LR * schedule(step) * group["ratio"]
         x, y = data.batch("train", step, 0, 1, batch, SEQ, seed)
         started = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -86,6 +103,35 @@ def train_in_process(config: MoEConfig, data: TokenData, steps: int, seed: int, 
     steady = times[min(5, steps - 1):]
     return {"drop_rate": dropped / assigned if assigned else 0.0, "val_loss": float(np.mean(losses)),
             "tokens_per_s": batch * SEQ * len(steady) / sum(steady)}
+
+
+def example_study(data: TokenData, vocab: int, seeds: int, steps: int | None = None) -> dict[str, float]:
+    """examples/moe.yaml's MoE against its dense twin (examples/moe_dense.yaml) in one process at the example's
+    global batch (2 workers x batch_size), steps (or `steps`), schedule and routed-expert learning rate; and
+    Hunyuan-Large's own routing (top-1 of E/k experts k times as wide: the same active and total parameters) with
+    the advisor's rate (B_noise 8192 tokens) and with the example's."""
+    spec = example_spec()
+    config, o = example_config(vocab), spec.optimizer
+    if (o.lr, o.weight_decay, spec.seq_len) != (LR, WD, SEQ):
+        raise ValueError(f"examples/moe.yaml changed lr, weight_decay or seq_len; update LR, WD and SEQ here")
+    batch, steps = 2 * spec.batch_size, steps or spec.steps
+    top1 = replace(config, n_experts=config.n_experts // config.top_k, top_k=1,
+                   expert_ffn_dim=config.expert_ffn_dim * config.top_k)  # same active and total parameters
+    advisor = ExpertLRSpec(rule="advisor", b_noise_tokens=8192).ratio_for(batch * SEQ, 1, top1.n_experts, o.lr)
+    ratio = spec.experts.lr.ratio_for(batch * SEQ, config.top_k, config.n_experts, o.lr)
+    arms = {"dense": (config.dense_equivalent(), 1.0), "example": (config, ratio),
+            "top1_advisor": (top1, advisor), "top1_example_lr": (top1, ratio)}
+    figures: dict[str, float] = {}
+    for tag, (arm, expert_lr_ratio) in arms.items():
+        losses = [train_in_process(arm, data, steps, seed, batch=batch, schedule=lambda s: o.scale(s, steps),
+                                   expert_lr_ratio=expert_lr_ratio)["val_loss"] for seed in range(seeds)]
+        figures.update({f"example_loss_{tag}": float(np.mean(losses)),
+                        f"example_loss_{tag}_std": float(np.std(losses))})
+        print(f"# example, {tag}: val loss {np.mean(losses):.4f} ± {np.std(losses):.4f} over {seeds} seeds x {steps} "
+              f"steps of {batch} x {SEQ} tokens (routed experts' lr x{expert_lr_ratio:.2f})", file=sys.stderr,
+              flush=True)
+    figures["example_loss_moe_minus_dense"] = figures["example_loss_example"] - figures["example_loss_dense"]
+    return figures
 
 
 def routing_study(data: TokenData, vocab: int, steps: int, seeds: int) -> dict[str, float]:
@@ -205,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# corpus: {meta['tokens']['train']} training tokens, vocabulary {meta['vocab_size']}",
               file=sys.stderr, flush=True)
         figures = routing_study(data, vocab, steps, seeds)
+        figures.update(example_study(data, vocab, seeds, steps=10 if a.quick else None))
         figures.update(kv_study(vocab))
         figures.update(pull_study(data, vocab, root, steps=5))
         reference = train_in_process(example_config(vocab), data, platform_steps, 0, batch=2 * BATCH, eval_batches=1)

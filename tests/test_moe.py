@@ -197,3 +197,16 @@ def test_moe_specs_that_cannot_run_are_refused_before_anything_starts(tmp_path, 
     job["train"].update(train)
     with pytest.raises(JobSpecError, match=message):
         parse_job(job)
+
+
+def test_the_moe_example_and_its_dense_twin_differ_only_in_dense_and_share_their_active_parameters():
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    moe, dense = (yaml.safe_load((examples / name).read_text()) for name in ("moe.yaml", "moe_dense.yaml"))
+    assert dense["train"]["model"].pop("dense") is True
+    assert {**dense, "name": moe["name"]} == moe
+    _, train = parse_job(moe)
+    config = train.model.config(4096)
+    twin = config.dense_equivalent()
+    assert config.n_experts > 0 and twin.n_experts == 0
+    routers = config.n_layers * config.dim * config.n_experts
+    assert config.active_parameter_count() - routers == twin.active_parameter_count()

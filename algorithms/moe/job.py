@@ -250,7 +250,8 @@ class MoERun(LMRun):
         return extra
 
     def gradient_tables(self) -> list[str]:
-        return [*super().gradient_tables(), EXPERT_TABLE]
+        # the dense twin (model.dense) has no bank, so no expert table to ask for its gradient norms
+        return [*super().gradient_tables(), *([EXPERT_TABLE] if self.bank is not None else [])]
 
     def step_grad_sq(self, paged: PagedModel) -> float:
         return super().step_grad_sq(paged) + (self.bank.step_grad_sq if self.bank is not None else 0.0)
