@@ -14,6 +14,7 @@ import json
 import re
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,13 +53,14 @@ def _storage_root(path: str) -> Path:
     return root
 
 
-def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run a job on local processes; Ctrl-C or SIGTERM cancels it, and nothing it started outlives it."""
-    signal.signal(signal.SIGTERM, _interrupted)
+    """Run a job on local processes; Ctrl-C or SIGTERM cancels it, and nothing it started outlives it.
+
+    The signals only set a flag that the progress loop acts on between RPCs: a KeyboardInterrupt raised inside a
+    gRPC call could leave the call's lock held, and closing the channel then hung the exit."""
+    interrupted = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: interrupted.set())
     spec, _ = load_job(args.job)
     root = _storage_root(args.runs_dir or spec.storage.dir)
     try:
@@ -74,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         job_id = status.job_id
         print(f"seraphim: {spec.name} ({spec.algorithm}) is job {job_id}: {spec.cluster.ps} PS, "
               f"{spec.cluster.workers} workers; run directory {status.run_dir}", file=sys.stderr)
-        status = follow(client, job_id)
+        status = follow(client, job_id, interrupted)
     except BaseException:  # Ctrl-C, SIGTERM or a scheduler that stopped answering: the job's processes go too
         if job_id:
             _cancel_quietly(client, job_id)
@@ -93,9 +95,11 @@ def _cancel_quietly(client: SchedulerClient, job_id: str) -> None:
         print(f"seraphim: could not cancel job {job_id}: {exc}", file=sys.stderr)
 
 
-def follow(client: SchedulerClient, job_id: str, patience_s: float = 60.0) -> scheduler_pb2.JobStatus:
-    """Redraw the progress bar until the job ends; print the job's events as they happen. A scheduler busy past an
-    RPC deadline or briefly unreachable is asked again for up to patience_s before the run gives up."""
+def follow(client: SchedulerClient, job_id: str, interrupted: threading.Event,
+           patience_s: float = 60.0) -> scheduler_pb2.JobStatus:
+    """Redraw the progress bar until the job ends or `interrupted` is set (then KeyboardInterrupt); print the job's
+    events as they happen. A scheduler busy past an RPC deadline or briefly unreachable is asked again for up to
+    patience_s before the run gives up."""
     status = client.job(job_id)
     bar = ProgressBar(status.total_steps)
     events = 0
@@ -109,7 +113,8 @@ def follow(client: SchedulerClient, job_id: str, patience_s: float = 60.0) -> sc
             failing_since = failing_since or time.monotonic()
             if time.monotonic() - failing_since > patience_s:
                 raise
-            time.sleep(1.0)
+            if interrupted.wait(1.0):
+                raise KeyboardInterrupt("interrupted") from None
             continue
         for line in lines[events:]:
             if _NOTABLE.search(line):
@@ -118,7 +123,8 @@ def follow(client: SchedulerClient, job_id: str, patience_s: float = 60.0) -> sc
         bar.draw(status, final=status.state in TERMINAL)
         if status.state in TERMINAL:
             return status
-        time.sleep(0.5)
+        if interrupted.wait(0.5):
+            raise KeyboardInterrupt("interrupted")
 
 
 def report_end(status: scheduler_pb2.JobStatus) -> int:
