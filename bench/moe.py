@@ -113,7 +113,7 @@ def example_study(data: TokenData, vocab: int, seeds: int, steps: int | None = N
     spec = example_spec()
     config, o = example_config(vocab), spec.optimizer
     if (o.lr, o.weight_decay, spec.seq_len) != (LR, WD, SEQ):
-        raise ValueError(f"examples/moe.yaml changed lr, weight_decay or seq_len; update LR, WD and SEQ here")
+        raise ValueError("examples/moe.yaml changed lr, weight_decay or seq_len; update LR, WD and SEQ here")
     batch, steps = 2 * spec.batch_size, steps or spec.steps
     top1 = replace(config, n_experts=config.n_experts // config.top_k, top_k=1,
                    expert_ffn_dim=config.expert_ffn_dim * config.top_k)  # same active and total parameters
