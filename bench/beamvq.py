@@ -8,10 +8,14 @@ Per dataset, backbone and seed, three variants see the same split, the same init
 seed), the same number of optimizer steps (``--steps``, batch ``--batch-size``, Adam with the same schedule):
 
 - ``backbone``: the forecaster alone, every batch from the training pairs;
-- ``beamvq_nofilter``: the code bank between encoder and translator; after ``--warmup`` of the steps, ``--rounds``
+- ``beamvq_nofilter``: the code bank beside the forecaster; after ``--warmup`` of the steps, ``--rounds``
   self-training rounds add every beam-search candidate to the training set (the public script's choice);
-- ``beamvq``: the same, keeping only each input's cheapest candidate per rollout step by the physics cost (plus
-  the MSE against the truth where it is known).
+- ``beamvq_nonudge``: the same, keeping only each input's cheapest candidate per rollout step by the physics cost
+  (plus the MSE against the truth where it is known);
+- ``beamvq``: that, with each kept candidate given the energy spectrum of its real input (``nudging.py``).
+
+With ``--commitment 0 --branch-weight 0`` (the default) the code bank does not train the forecaster, so the three
+BeamVQ variants are the backbone, bit for bit, until the first round.
 
 Scored on the test trajectories by a ``--eval-steps`` rollout: ``mse`` (standardized fields), ``skill`` (1 − mse /
 the MSE of holding the last input frame: persistence), each physics metric against the truth (``physics_*``, lower
@@ -43,7 +47,7 @@ from seraphim.algorithms.beamvq.train import (
     ForecastData, LocalStepper, SplitSpec, TrainConfig, WindowSpec, evaluate, fit,
 )
 
-VARIANTS = ("backbone", "beamvq_nofilter", "beamvq")
+VARIANTS = ("backbone", "beamvq_nofilter", "beamvq_nonudge", "beamvq")
 DATASETS = ("navier_stokes", "shallow_water")
 
 
@@ -52,13 +56,15 @@ def run_variant(variant: str, backbone: str, data: ForecastData, args: argparse.
     """Train one variant from the seed's initial weights; its test scores and its seconds."""
     torch.manual_seed(seed)
     model_backbone = build_backbone(backbone, data.shape)
-    bank = None if variant == "backbone" else CodeBank(LocalStore(args.codes, args.code_dim))
-    model = BeamVQModel(model_backbone, bank)
+    bank = None if variant == "backbone" else CodeBank(LocalStore(args.codes, args.code_dim),
+                                                       commitment=args.commitment)
+    model = BeamVQModel(model_backbone, bank, args.branch_weight)
     beam = None
     if bank is not None:
         with torch.no_grad():
             bank.initialize(model_backbone.encode(data.train_x[:64]), seed)
-        beam = BeamConfig(args.width, args.top_k, args.horizon, args.keep, filter=variant == "beamvq")
+        beam = BeamConfig(args.width, args.top_k, args.horizon, args.keep, filter=variant != "beamvq_nofilter",
+                          spread=args.spread, nudge=variant == "beamvq")
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, rounds=args.rounds, warmup=args.warmup,
                          beam_inputs=args.beam_inputs, pool_inputs=args.pool_inputs, seed=seed)
     start = time.perf_counter()
@@ -95,6 +101,9 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--horizon", type=int, default=3)
     p.add_argument("--keep", type=int, default=1)
+    p.add_argument("--spread", type=float, default=0.1)
+    p.add_argument("--commitment", type=float, default=0.0)
+    p.add_argument("--branch-weight", type=float, default=0.0)
     p.add_argument("--beam-inputs", type=int, default=16)
     p.add_argument("--pool-inputs", type=int, default=16)
     p.add_argument("--eval-steps", type=int, default=3)
@@ -105,9 +114,10 @@ def main() -> None:
     windows = WindowSpec(horizon=args.horizon, eval_steps=args.eval_steps)
     print(f"{args.seeds} seeds; {args.trajectories} trajectories x {args.frames} frames per dataset, split "
           f"{args.split}; {args.steps} steps x batch {args.batch_size}, lr {args.lr}; code bank {args.codes} x "
-          f"{args.code_dim}; {args.rounds} rounds after {args.warmup:.0%} of the steps, beam width {args.width}, "
-          f"top-K {args.top_k}, horizon {args.horizon}, keep {args.keep}, {args.beam_inputs} + {args.pool_inputs} "
-          f"inputs per round; test rollout {args.eval_steps} steps", flush=True)
+          f"{args.code_dim} (commitment {args.commitment}, branch weight {args.branch_weight}); {args.rounds} rounds "
+          f"after {args.warmup:.0%} of the steps, beam width {args.width}, top-K {args.top_k}, spread {args.spread}, "
+          f"horizon {args.horizon}, keep {args.keep}, {args.beam_inputs} + {args.pool_inputs} inputs per round; test "
+          f"rollout {args.eval_steps} steps", flush=True)
     table: dict[tuple[str, str], dict[str, dict[str, tuple[float, float]]]] = {}
     for dataset in args.datasets.split(","):
         start = time.perf_counter()
@@ -146,6 +156,11 @@ def main() -> None:
     print(f"pair_metrics_improved: {sum(better(s, 'beamvq', 'backbone', n, -1) for s, n in metric_pairs)}")
     print(f"pairs_filter_beats_nofilter_physics: {sum(better(s, 'beamvq', 'beamvq_nofilter', 'physics', -1) for s in pairs)}")
     print(f"pairs_filter_beats_nofilter_skill: {sum(better(s, 'beamvq', 'beamvq_nofilter', 'skill', 1) for s in pairs)}")
+    print(f"pairs_nonudge_physics_improved: "
+          f"{sum(better(s, 'beamvq_nonudge', 'backbone', 'physics', -1) for s in pairs)}")
+    print(f"pairs_nonudge_skill_improved: {sum(better(s, 'beamvq_nonudge', 'backbone', 'skill', 1) for s in pairs)}")
+    print(f"pairs_nonudge_beats_nofilter_physics: "
+          f"{sum(better(s, 'beamvq_nonudge', 'beamvq_nofilter', 'physics', -1) for s in pairs)}")
     print(f"wall_s: {time.perf_counter() - bench_start:.0f}")
     columns = ["mse", "skill", "physics"] + [f"physics_{m}" for m in METRICS["velocity"] + ("mass",)]
     print("\n| dataset | backbone | variant | " + " | ".join(columns) + " |")

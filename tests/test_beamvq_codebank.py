@@ -16,7 +16,7 @@ def bank_with(codes: np.ndarray, decay: float = 0.9) -> CodeBank:
     """A bank whose codes are exactly ``codes`` (count 1 each)."""
     store = LocalStore(len(codes), codes.shape[1])
     store.assign(np.concatenate([codes, np.ones((len(codes), 1))], axis=1))
-    bank = CodeBank(store, decay=decay, epsilon=0.0)
+    bank = CodeBank(store, decay=decay, commitment=0.25, epsilon=0.0)
     bank.refresh()
     return bank
 

@@ -38,6 +38,7 @@ def test_beam_search_keeps_the_top_scored_candidates_at_every_step():
     torch.testing.assert_close(result.targets[3:, 0, 0, 0, 0], start + 5)
     torch.testing.assert_close(result.inputs[3:, -1, 0, 0, 0], start + 2)  # forecast from the kept beam's frames
     torch.testing.assert_close(result.costs, torch.zeros(6, dtype=torch.float64))
+    assert result.origin.tolist() == [0, 1, 2, 0, 1, 2]  # each kept pair names the input whose beam it continues
     torch.testing.assert_close(result.best[:, :, 0, 0, 0], torch.stack([start + 2] * 2 + [start + 5] * 2, dim=1))
 
 
@@ -58,10 +59,13 @@ def test_without_the_filter_every_candidate_is_kept_and_nothing_is_scored():
     assert torch.isnan(result.costs).all()
     firsts = sorted(result.targets[:6, 0, 0, 0, 0].tolist())
     assert firsts == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+    assert result.origin.tolist() == [0] * 3 + [1] * 3 + [0] * 6 + [1] * 6
     with pytest.raises(ValueError, match="needs a score function"):
         beam_search(propose, x, BeamConfig())
     with pytest.raises(ValueError, match=r"beam.keep \(3\) cannot exceed beam.width \(2\)"):
         BeamConfig(width=2, keep=3)
+    with pytest.raises(ValueError, match=r"beam.spread must be > 0, got 0.0"):
+        BeamConfig(spread=0.0)
 
 
 def test_every_rollout_step_is_scored_against_the_real_input_not_the_beams_last_forecast():

@@ -38,11 +38,15 @@ class BeamConfig:
     horizon: int = 2  # rollout steps of T_out frames
     keep: int = 1  # extensions per input and step added to the training set (with the filter)
     filter: bool = True  # False: every candidate kept, no scores (the public script)
+    spread: float = 0.1  # how far candidates move toward the other codes (BeamVQModel.candidates)
+    nudge: bool = True  # kept candidates get the real state's energy spectrum (nudging.py); with the filter only
 
     def __post_init__(self) -> None:
         for name in ("width", "top_k", "horizon", "keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"beam.{name} must be >= 1, got {getattr(self, name)}")
+        if self.spread <= 0:
+            raise ValueError(f"beam.spread must be > 0, got {self.spread}")
         if self.keep > self.width:
             raise ValueError(f"beam.keep ({self.keep}) cannot exceed beam.width ({self.width}): only the beams' "
                              f"heads are kept")
@@ -53,6 +57,7 @@ class BeamResult:
     inputs: torch.Tensor  # [P, T_in, C, H, W]: the window each kept candidate was forecast from
     targets: torch.Tensor  # [P, T_out, C, H, W]: the kept candidates
     costs: torch.Tensor  # [P]: their step cost (NaN without the filter)
+    origin: torch.Tensor  # [P]: the input (row of ``x``) whose beam each kept candidate continues
     best: torch.Tensor  # [N, horizon·T_out, C, H, W]: each input's cheapest beam (the first one without the filter)
 
 
@@ -73,7 +78,7 @@ def beam_search(propose: Propose, x: torch.Tensor, config: BeamConfig, score: Sc
     windows = x[:, None]  # [N, B, T_in, C, H, W], B = 1 at the start
     total = torch.zeros(n, 1, dtype=torch.float64)
     paths = x.new_zeros((n, 1, 0, *x.shape[2:]))  # the frames each beam forecast so far
-    kept_inputs, kept_targets, kept_costs = [], [], []
+    kept_inputs, kept_targets, kept_costs, kept_origin = [], [], [], []
     for step in range(config.horizon):
         beams = windows.shape[1]
         cands = propose(windows.flatten(0, 1), config.top_k)  # [N·B, K, T_out, C, H, W]
@@ -94,14 +99,17 @@ def beam_search(propose: Propose, x: torch.Tensor, config: BeamConfig, score: Sc
             kept_inputs.append(_gather(parent_windows, best).flatten(0, 1))
             kept_targets.append(_gather(cands, best).flatten(0, 1))
             kept_costs.append(torch.gather(cost, 1, best).flatten())
+            kept_origin.append(torch.arange(n).repeat_interleave(config.keep))
             total = torch.gather(extended, 1, order)
         else:
             order = torch.rand(n, beams * config.top_k, generator=generator).argsort(dim=1)[:, :config.width]
             kept_inputs.append(parent_windows.flatten(0, 1))
             kept_targets.append(cands.flatten(0, 1))
             kept_costs.append(torch.full((n * beams * config.top_k,), float("nan"), dtype=torch.float64))
+            kept_origin.append(torch.arange(n).repeat_interleave(beams * config.top_k))
             total = torch.zeros(order.shape, dtype=torch.float64)
         chosen = _gather(cands, order)  # [N, width, T_out, ...]
         paths = torch.cat([_gather(paths, _gather(parent, order)), chosen], dim=2)
         windows = torch.cat([_gather(parent_windows, order), chosen], dim=2)[:, :, -t_in:]
-    return BeamResult(torch.cat(kept_inputs), torch.cat(kept_targets), torch.cat(kept_costs), paths[:, 0])
+    return BeamResult(torch.cat(kept_inputs), torch.cat(kept_targets), torch.cat(kept_costs), torch.cat(kept_origin),
+                      paths[:, 0])

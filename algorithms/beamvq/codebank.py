@@ -101,7 +101,7 @@ def _unflat(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class CodeBank:
     """Codes read from a :class:`StatsStore`; quantization, retrieval and the EMA step over them."""
 
-    def __init__(self, store: StatsStore, decay: float = 0.99, commitment: float = 0.25, epsilon: float = 1e-5) -> None:
+    def __init__(self, store: StatsStore, decay: float = 0.99, commitment: float = 0.0, epsilon: float = 1e-5) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"code bank decay must be in (0, 1), got {decay}")
         self.store, self.decay, self.commitment, self.epsilon = store, decay, commitment, epsilon
@@ -153,8 +153,12 @@ class CodeBank:
         gradient ``z + (e − z).detach()``; ``index`` may pass :meth:`nearest`'s answer with at least rank+1 columns."""
         if index is None:
             index = self.nearest(z, rank + 1)
-        e = _unflat(self.codes[index[:, rank]], z)
+        e = self.code_state(index[:, rank], z)
         return z + (e - z).detach()
+
+    def code_state(self, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The state shaped like ``like`` whose code vectors are ``codes[index]`` (``index``: one per code vector)."""
+        return _unflat(self.codes[index], like)
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(z_q, commitment loss β‖z − sg(e)‖², nearest index [B·positions])`` for a training forward pass."""

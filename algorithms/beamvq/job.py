@@ -65,7 +65,10 @@ class CodeBankModel(BaseModel):
     code_dim: int = Field(4, ge=1, description="each position's latent is cut into vectors of this size, each "
                           "quantized on its own (must divide the backbone's latent width)")
     decay: float = Field(0.99, gt=0.0, lt=1.0)
-    commitment: float = Field(0.25, ge=0.0)
+    commitment: float = Field(0.0, ge=0.0, description="weight pulling the encoder toward its codes (the public "
+                              "script: 0.25); 0 leaves the forecaster's training to the forecast's MSE")
+    branch_weight: float = Field(0.0, ge=0.0, description="weight of the MSE of the forecast decoded from the codes "
+                                 "(the public script: 1)")
 
 
 class BeamModel(BaseModel):
@@ -76,6 +79,10 @@ class BeamModel(BaseModel):
     top_k: int = Field(4, ge=1)
     horizon: int = Field(2, ge=1)
     keep: int = Field(1, ge=1)
+    spread: float = Field(0.1, gt=0.0, description="candidates move the state this fraction of the step from its "
+                          "nearest code toward each other of its top-K codes")
+    nudge: bool = Field(True, description="give kept candidates the energy spectrum of the real input's last frame "
+                        "(with the filter)")
 
 
 class TrainingModel(BaseModel):
@@ -127,7 +134,7 @@ class BeamVQSpec(BaseModel):
 
     def beam_config(self) -> BeamConfig | None:
         b = self.beam
-        return BeamConfig(b.width, b.top_k, b.horizon, b.keep, b.filter) if b.enabled else None
+        return BeamConfig(b.width, b.top_k, b.horizon, b.keep, b.filter, b.spread, b.nudge) if b.enabled else None
 
 
 class _Progress:
@@ -191,7 +198,7 @@ def run_beamvq(spec: BeamVQSpec, ctx: JobContext) -> dict[str, Any]:
                               f"width {backbone.latent_dim}")
         store = PSStore(ctx.ps, "beamvq_codebank", cb.codes, cb.code_dim, ctx.world_size)
         bank = CodeBank(store, cb.decay, cb.commitment)
-    model = BeamVQModel(backbone, bank)
+    model = BeamVQModel(backbone, bank, spec.codebank.branch_weight)
     t = spec.training
     optimizer = PSOptimizer(PSParameters(ctx.ps, "beamvq_model", model.named_parameters(), Adam(lr=t.lr)))
     if bank is not None:

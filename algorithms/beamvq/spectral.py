@@ -81,21 +81,28 @@ def velocity_from_vorticity(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return torch.fft.irfft2(1j * g.ky * psi_hat, s=shape), torch.fft.irfft2(-1j * g.kx * psi_hat, s=shape)
 
 
-def energy_spectrum(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Kinetic-energy spectrum ``E(k)`` over radial shells k = 0..n/2 (trailing axis), summed over modes so that
-    ``Σ_k E(k)`` is the domain-mean kinetic energy ``½⟨u² + v²⟩`` up to the modes beyond the last shell."""
-    g = _check_square(u)
-    n = g.n
+def shell_power(spectrum: torch.Tensor) -> torch.Tensor:
+    """``⟨f²⟩`` per radial shell k = 0..n/2 (trailing axis) of fields given by their ``rfft2`` ``[..., n, n//2+1]``:
+    ``Σ_k`` of it is the domain mean of ``f²`` up to the modes beyond the last shell."""
+    n = spectrum.shape[-2]
+    g = grid(n, torch.float64 if spectrum.dtype == torch.complex128 else torch.float32)
     # rfft2 keeps half the kx modes: the others are conjugates, so every column but kx=0 (and Nyquist) counts twice
-    weight = torch.full((n // 2 + 1,), 2.0, dtype=u.dtype)
+    weight = torch.full((n // 2 + 1,), 2.0, dtype=g.k2.dtype)
     weight[0] = 1.0
     weight[-1] = 1.0
-    power = 0.5 * (torch.fft.rfft2(u).abs() ** 2 + torch.fft.rfft2(v).abs() ** 2) * weight / n**4
+    power = spectrum.abs() ** 2 * weight / n**4
     shells = n // 2 + 1
     keep = g.shell < shells
     flat = power[..., keep]  # [..., modes]
-    out = torch.zeros(*flat.shape[:-1], shells, dtype=u.dtype)
+    out = torch.zeros(*flat.shape[:-1], shells, dtype=power.dtype)
     return out.index_add_(-1, g.shell[keep], flat)
+
+
+def energy_spectrum(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Kinetic-energy spectrum ``E(k)`` over radial shells k = 0..n/2 (trailing axis), summed over modes so that
+    ``Σ_k E(k)`` is the domain-mean kinetic energy ``½⟨u² + v²⟩`` up to the modes beyond the last shell."""
+    _check_square(u)
+    return 0.5 * (shell_power(torch.fft.rfft2(u)) + shell_power(torch.fft.rfft2(v)))
 
 
 def gaussian_random_field(count: int, n: int, alpha: float, tau: float, generator: torch.Generator) -> torch.Tensor:

@@ -21,6 +21,7 @@ samples) and ``pool_inputs`` windows of the pool, trajectories whose futures the
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from seraphim.algorithms.beamvq.backbones import FrameShape
 from seraphim.algorithms.beamvq.beam_search import BeamConfig, BeamResult, beam_search
 from seraphim.algorithms.beamvq.data import Fields, FieldsError, Normalizer, windows
 from seraphim.algorithms.beamvq.model import BeamVQModel
+from seraphim.algorithms.beamvq.nudging import spectral_nudge
 from seraphim.algorithms.beamvq.physics import METRICS, physics_cost, physics_metrics, relative_mse
 
 
@@ -213,10 +215,16 @@ def self_training_round(model: BeamVQModel, data: ForecastData, config: TrainCon
         if count == 0 or len(x) == 0:
             continue
         pick = torch.from_numpy(rng.choice(len(x), min(count, len(x)), replace=False))
-        results.append(beam_search(model.candidates, x[pick], beam, score,
-                                   None if future is None else future[pick], generator))
+        propose = functools.partial(model.candidates, spread=beam.spread)
+        result = beam_search(propose, x[pick], beam, score, None if future is None else future[pick], generator)
+        if beam.filter and beam.nudge:
+            denorm = data.normalizer.denormalize
+            reference = denorm(x[pick][result.origin, -1])  # the real input's last frame
+            result.targets = data.normalizer.normalize(spectral_nudge(denorm(result.targets), reference, data.layout))
+        result.origin = result.origin + sum(len(r.best) for r in results)
+        results.append(result)
     return BeamResult(*(torch.cat([getattr(r, name) for r in results])
-                        for name in ("inputs", "targets", "costs", "best")))
+                        for name in ("inputs", "targets", "costs", "origin", "best")))
 
 
 def fit(model: BeamVQModel, stepper: Stepper, data: ForecastData, config: TrainConfig, beam: BeamConfig | None,
@@ -242,7 +250,7 @@ def fit(model: BeamVQModel, stepper: Stepper, data: ForecastData, config: TrainC
         x, y = pairs.batch(rng, config.batch_size)
         model.train()
         out = model(x)
-        loss = torch.mean((out.forecast - y) ** 2) + out.aux_loss
+        loss = out.loss(y)
         stepper.zero_grad()
         loss.backward()
         perplexity = 0.0
