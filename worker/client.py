@@ -339,8 +339,15 @@ class PSClient:
         """Continue from the clock the shards hold for this worker (after a restart); returns it."""
         replies = self._all("GetClock", lambda s: ps_pb2.GetClockRequest(), ps_pb2.ClockReply)
         self._clock = min(r.clocks[self.worker_id] for r in replies)
-        self._push_seq = itertools.count(1)  # the clock is redone: its pushes are numbered as the first time
+        self.renumber_pushes()  # the clock is redone: its pushes are numbered as the first time
         return self._clock
+
+    def renumber_pushes(self) -> None:
+        """Number the pushes of the clock in progress from 1 again. A restarted worker that rewrites work already on
+        the PS while it catches up (without ticking) calls this when it reaches the clock it resumed at: its redo
+        of that clock must number its pushes as the first run did, since a deterministic PS replaces a held
+        gradient push by its number, and a shifted number would apply the redone gradient on top of the first."""
+        self._push_seq = itertools.count(1)
 
     def snapshot(self) -> list[int]:
         return [r.clock for r in self._all("Snapshot", lambda s: ps_pb2.SnapshotRequest(), ps_pb2.SnapshotReply)]

@@ -142,8 +142,8 @@ class _Run:
         self.tiles: SourceTiles = source_tiles(data.graph, self.lo, self.hi, spec.propagation.tile_rows,
                                                spec.propagation.r)
         self.partition_s = time.perf_counter() - start
-        self.step = 0  # clock steps taken, trained or (a restarted worker) replayed
         self.resume_step = ctx.start_step  # the clock the PS shards held for this worker when it started
+        self._step = 0  # clock steps taken, trained or (a restarted worker) replayed
         self.progress = WorkerProgress(ctx.run_dir / "progress" / f"worker-{ctx.rank}.pt", self)
         self.hops_total = spec.propagation.hops + spec.propagation.label_hops
         self.propagation_s = 0.0
@@ -155,6 +155,18 @@ class _Run:
                                                    np.asarray(data.test_idx)]))
         self.cache_budget = int(spec.training.hop_cache_mb * 2**20)
         self.feature_cache_bytes = 0
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        """A restarted worker's catch-up (restored progress, recomputed levels, replayed steps) ends when the count
+        reaches the clock it resumed at: its rewrites numbered pushes, so the redo of that clock numbers afresh."""
+        if value == self.resume_step > 0 and self._step != value:
+            self.ps.renumber_pushes()
+        self._step = value
 
     def barrier(self) -> None:
         """End a propagation step; a restarted worker recomputing a level that is complete does not tick."""
