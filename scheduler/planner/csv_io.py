@@ -13,6 +13,7 @@ the line (the header is line 1) and the rule.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +94,14 @@ def _check_rows(path: Path, lines: np.ndarray, ids: list[str], ints: dict[str, n
 
 
 def write_plan(path: str | Path, plan: Plan) -> None:
-    """`plan`'s buffers as id,lower,upper,size,offset rows, in the instance's order."""
+    """`plan`'s buffers as id,lower,upper,size,offset rows, in the instance's order. The file appears whole or not
+    at all (written aside, then renamed): a job's workers poll for it while the scheduler writes it, and a torn
+    read gave a worker offsets that did not match their sizes."""
     p = plan.problem
-    with Path(path).open("w", newline="") as f:
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS + ("offset",))
         writer.writerows(zip(p.ids, p.lower.tolist(), p.upper.tolist(), p.size.tolist(), plan.offsets.tolist()))
+    os.replace(partial, path)
