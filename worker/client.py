@@ -328,7 +328,7 @@ class PSClient:
         """End this worker's iteration: flush pushes, tick every shard, wait as far as the staleness says."""
         self.flush()
         self._clock += 1
-        self._push_seq = itertools.count(1)
+        self.renumber_pushes()
         clock = self._clock
         replies = self._all("Clock", lambda s: ps_pb2.ClockRequest(worker=self.worker_id, clock=clock,
                                                                     timeout_s=self.clock_timeout_s),

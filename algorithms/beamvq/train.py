@@ -209,16 +209,16 @@ def self_training_round(model: BeamVQModel, data: ForecastData, config: TrainCon
                         rng: np.random.Generator, generator: torch.Generator) -> BeamResult:
     """Beam search from this round's inputs (training windows with truth, pool windows without)."""
     score = candidate_score(data, config.weights) if beam.filter else None
+    propose = functools.partial(model.candidates, spread=beam.spread)
+    denorm = data.normalizer.denormalize
     results = []
     for x, future, count in ((data.beam_x, data.beam_future, config.beam_inputs),
                              (data.pool_x, None, config.pool_inputs)):
         if count == 0 or len(x) == 0:
             continue
         pick = torch.from_numpy(rng.choice(len(x), min(count, len(x)), replace=False))
-        propose = functools.partial(model.candidates, spread=beam.spread)
         result = beam_search(propose, x[pick], beam, score, None if future is None else future[pick], generator)
         if beam.filter and beam.nudge:
-            denorm = data.normalizer.denormalize
             reference = denorm(x[pick][result.origin, -1])  # the real input's last frame
             result.targets = data.normalizer.normalize(spectral_nudge(denorm(result.targets), reference, data.layout))
         result.origin = result.origin + sum(len(r.best) for r in results)
