@@ -187,8 +187,8 @@ class VersionedRows:
 
     def _record(self, version: int, sums: np.ndarray) -> None:
         """Add an applied gradient sum's squared norm to its version's (the last RECORDED_VERSIONS are kept)."""
-        self.applied_grad_sq[version] = self.applied_grad_sq.get(version, 0.0) + float(
-            np.einsum("ij,ij->", sums, sums, dtype=np.float64))
+        flat = sums.reshape(-1)  # a float32 BLAS dot: a float64 einsum cost a third of the AdamW it reports on
+        self.applied_grad_sq[version] = self.applied_grad_sq.get(version, 0.0) + float(np.dot(flat, flat))
         while len(self.applied_grad_sq) > RECORDED_VERSIONS:
             del self.applied_grad_sq[min(self.applied_grad_sq)]
 

@@ -154,6 +154,60 @@ def test_a_budget_below_one_layer_and_use_outside_a_step_are_refused(ps_shards):
             paged.close()
 
 
+class _PairOfLayers(torch.nn.Module):
+    """`used` and `skip` share a page; `skip` takes part (and gets a gradient) only when asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used, self.skip = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+
+    def forward(self, h: torch.Tensor, with_skip: bool) -> torch.Tensor:
+        return self.used(h) + self.skip(h) if with_skip else self.used(h)
+
+
+class _SometimesUnused(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(8, 8), _PairOfLayers()
+
+    def paged_units(self):
+        return [self.first, self.second]
+
+    def forward(self, x: torch.Tensor, with_skip: bool) -> torch.Tensor:
+        return self.second(torch.tanh(self.first(x)), with_skip).square().mean()
+
+
+def test_a_tensor_without_a_gradient_this_step_pushes_zeros_beside_its_page_neighbours(ps_shards):
+    """Gradient page buffers are reused from step to step: what a tensor without a gradient leaves in its part of
+    the page must be zeros (AdamW of a zero gradient), never a gradient of an earlier page or step."""
+    torch.manual_seed(5)
+    ref = _SometimesUnused()
+    initial = {n: p.detach().clone() for n, p in ref.named_parameters()}
+    opt = torch.optim.AdamW(ref.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=WD)
+    inputs = [torch.randn(4, 8, generator=torch.Generator().manual_seed(step)) for step in range(4)]
+    with PSClient(ps_shards.addresses) as ps:
+        model = _SometimesUnused()
+        model.load_state_dict(initial)
+        paged = PagedModel(ps, model, name="sometimes", optimizer=AdamW(lr=LR, beta1=0.9, beta2=0.95, weight_decay=WD),
+                           config=PagingConfig(page_bytes=4096, ps_page_bytes=64 << 10, wait_s=60))
+        try:
+            assert paged.layout.pages_of(["second.used.weight"]) == paged.layout.pages_of(["second.skip.weight"])
+            for step, x in enumerate(inputs):
+                with paged.step(step, last_step=len(inputs) - 1):
+                    model(x, with_skip=step % 2 == 0).backward()
+                ps.clock()
+                opt.zero_grad(set_to_none=True)
+                ref(x, with_skip=step % 2 == 0).backward()
+                for p in ref.parameters():
+                    if p.grad is None:  # the PS applies AdamW to a zero gradient
+                        p.grad = torch.zeros_like(p)
+                opt.step()
+            for name, value in paged.named_tensors():
+                torch.testing.assert_close(value, dict(ref.named_parameters())[name].detach(), rtol=1e-5, atol=1e-6)
+        finally:
+            paged.close()
+
+
 def test_pages_pack_small_tensors_whole_and_rows_fill_the_ps_pages():
     layout = PageLayout.pack([("a", (10,)), ("b", (7,)), ("c", (30,)), ("d", (3,))], page_numel=16)
     assert [t.pages for t in layout.tensors] == [(0,), (1,), (1, 2, 3), (3,)]

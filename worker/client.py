@@ -567,8 +567,12 @@ class Table(ABC):
             raise InvalidArgument(f"push to {self.name!r}: {values.size} values for {len(keys)} keys of dim "
                                   f"{self.dim}; expected shape [{len(keys)}, {self.dim}]")
         _, grouped, bounds, row_of = self._split(keys)
-        merged = np.zeros((len(grouped), self.dim), dtype=self._rows_dtype)
-        (_first_rows if mode == "assign" else _segment_add)(merged, values.reshape(len(keys), self.dim), row_of)
+        rows = values.reshape(len(keys), self.dim)
+        if len(grouped) == len(keys) and rows.dtype == self._rows_dtype and (row_of == np.arange(len(keys))).all():
+            merged = rows  # unique keys already in shard order (a model page's rows): nothing to merge
+        else:
+            merged = np.zeros((len(grouped), self.dim), dtype=self._rows_dtype)
+            (_first_rows if mode == "assign" else _segment_add)(merged, rows, row_of)
         if not (lr_scale > 0 and np.isfinite(lr_scale)):
             raise InvalidArgument(f"push to {self.name!r}: lr_scale must be a finite number > 0, got {lr_scale}")
         seq, clock = next(self.client._push_seq), self.client.clock_value + 1

@@ -2,20 +2,22 @@
 
 Backward produces a tensor's gradient when autograd has accumulated it (``post_accumulate_grad`` hook); the pieces
 are copied into float32 page buffers, and a page whose every tensor has reported is pushed at once (early
-pushes: the PS updates that page while the worker runs backward through earlier layers). A page holding a
+pushes: the PS updates that page while the worker runs backward through earlier layers). The buffers are reused
+from step to step (the push encodes its bytes before it returns), and only the parts of a page that no trainable
+tensor covers are zeroed: fresh page-sized allocations and full zero fills cost as much as the copies themselves. A page holding a
 tensor that got no gradient this step is pushed at the step's end with zeros there, so every page reaches the
 next version. The push names the step as its version: the PS applies step t's gradients to rows at version t.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
 from seraphim.worker.client import DenseTable
-from seraphim.worker.paged.layout import PageLayout
+from seraphim.worker.paged.layout import PageLayout, TensorPlacement
 from seraphim.worker.paged.transfer import PageTransfer
 
 
@@ -35,7 +37,14 @@ class PageGradients:
             for s in t.segments:
                 self._expected[s.page] += 1
         self._remaining = self._expected.copy()
+        self._gaps = _uncovered(layout, self._placements.values())
+        self._page_segments: list[list[tuple[str, int, int]]] = [[] for _ in range(layout.n_pages)]
+        for t in self._placements.values():
+            for s in t.segments:
+                self._page_segments[s.page].append((t.name, s.page_offset, s.page_offset + s.numel))
+        self._reported: set[str] = set()
         self._buffers: dict[int, torch.Tensor] = {}
+        self._free: list[torch.Tensor] = []
         self._version = 0
         self._lr_scale = 1.0
         self._early = True
@@ -51,17 +60,18 @@ class PageGradients:
             raise RuntimeError("the previous step's gradient pages were not finished")
         self._version, self._lr_scale, self._early = version, lr_scale, early
         self.pushed = set()
+        self._reported = set()
         self.step_grad_sq = 0.0
 
     def add(self, name: str, grad: torch.Tensor) -> None:
         """A tensor's gradient for this step (its full shape)."""
         placement = self._placements[name]
         flat = grad.detach().reshape(-1)
+        self._reported.add(name)
         for s in placement.segments:
             buf = self._buffers.get(s.page)
             if buf is None:
-                buf = self._buffers[s.page] = torch.zeros(self.layout.page_numel, dtype=torch.float32,
-                                                          device=self.device)
+                buf = self._buffers[s.page] = self._fresh_buffer(s.page)
             buf[s.page_offset:s.page_offset + s.numel].copy_(flat[s.tensor_offset:s.tensor_offset + s.numel])
             self._remaining[s.page] -= 1
             if self._remaining[s.page] == 0 and self._early:
@@ -72,6 +82,11 @@ class PageGradients:
         in flight (the client's clock() waits for them)."""
         for page in range(self.layout.n_pages):
             if page not in self.pushed:
+                buf = self._buffers.get(page)
+                if buf is not None:  # a reused buffer: clear what the tensors without a gradient left there
+                    for name, start, end in self._page_segments[page]:
+                        if name not in self._reported:
+                            buf[start:end].zero_()
                 self._push(page)
         self._remaining = self._expected.copy()
 
@@ -80,13 +95,45 @@ class PageGradients:
         """Pages still waiting for some tensor's gradient."""
         return int((self._remaining > 0).sum())
 
+    def _fresh_buffer(self, page: int) -> torch.Tensor:
+        """A page buffer whose uncovered parts are zero (the tensors' copies fill the rest)."""
+        buf = self._free.pop() if self._free else torch.empty(self.layout.page_numel, dtype=torch.float32,
+                                                              device=self.device)
+        for start, end in self._gaps[page]:
+            buf[start:end].zero_()
+        return buf
+
     def _push(self, page: int) -> None:
         buf = self._buffers.pop(page, None)
-        values = (np.zeros(self.layout.page_numel, dtype=np.float32) if buf is None else self.transfer.to_host(buf))
+        if buf is None:
+            values = np.zeros(self.layout.page_numel, dtype=np.float32)
+        else:
+            self.step_grad_sq += float(torch.dot(buf, buf))
+            values = self.transfer.to_host(buf)
         keys = np.arange(page * self.rows_per_page, (page + 1) * self.rows_per_page, dtype=np.int64)
         self.table.push_async(keys, values.reshape(self.rows_per_page, -1), version=self._version,
                               lr_scale=self._lr_scale)
+        if buf is not None:
+            self._free.append(buf)  # the push has encoded its bytes: the buffer is free for the next page
         self.pushed.add(page)
         self.pushed_bytes += values.nbytes
-        self.step_grad_sq += float(np.einsum("i,i->", values, values, dtype=np.float64))
         self.on_push(page)
+
+
+def _uncovered(layout: PageLayout, placements: Iterable[TensorPlacement]) -> list[list[tuple[int, int]]]:
+    """Per page, the [start, end) ranges that no given tensor's segment covers."""
+    covered: list[list[tuple[int, int]]] = [[] for _ in range(layout.n_pages)]
+    for t in placements:
+        for s in t.segments:
+            covered[s.page].append((s.page_offset, s.page_offset + s.numel))
+    gaps = []
+    for spans in covered:
+        page_gaps, cursor = [], 0
+        for start, end in sorted(spans):
+            if start > cursor:
+                page_gaps.append((cursor, start))
+            cursor = max(cursor, end)
+        if cursor < layout.page_numel:
+            page_gaps.append((cursor, layout.page_numel))
+        gaps.append(page_gaps)
+    return gaps
