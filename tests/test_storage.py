@@ -475,6 +475,31 @@ def test_one_write_keeps_the_newest_copy_of_a_repeated_page(tmp_path):
         tier.close()
 
 
+def test_large_pages_read_ahead_and_flush_behind_while_writes_go_on(tmp_path):
+    """Model-sized pages (1 MiB) are read with the kernel's readahead and written back behind the writes once 64
+    MiB have been written; small pages keep LMDB's random-read advice. Pages written in commits that overlap the
+    background write-backs read back exactly."""
+    small = LmdbTier(tmp_path / "small", "snapshot", PAGE)
+    try:
+        assert not small.env.flags()["readahead"]
+    finally:
+        small.close()
+    big = 1 << 20
+    tier = LmdbTier(tmp_path / "big", "snapshot", big)
+    try:
+        assert tier.env.flags()["readahead"]
+        rng = np.random.default_rng(0)
+        data = rng.integers(0, 256, size=(96, big), dtype=np.uint8)
+        for start in range(0, 96, 12):  # 8 commits of 12 MiB: write-backs start after the sixth
+            pages = np.arange(start, start + 12)
+            tier.commit(pages=PageWrites(np.zeros(12, np.int32), pages, np.ones(12, np.int64), data[pages]))
+        frames = np.zeros((96, big), dtype=np.uint8)
+        assert not tier.read_into(0, np.arange(96), frames, np.arange(96)).any()
+        assert np.array_equal(frames, data)
+    finally:
+        tier.close()
+
+
 def test_write_stage_serves_its_newest_copy_only_when_newer_than_lmdb():
     stage = WriteStage(capacity=2, page_bytes=8)
     arena = np.arange(4 * 8, dtype=np.uint8).reshape(4, 8)
