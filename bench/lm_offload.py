@@ -14,14 +14,15 @@ hyperparameters, one process each (Seraphim: a worker process and two PS process
   with them on, printed beside the serial parts it is made of (PyTorch's compute time per step, and the bytes moved
   per step over the wire speed).
 - **Peers under the same memory limit** (``memory_cage.py``): each contender runs in a memory cgroup whose limit is
-  its own runtime (anonymous memory through a warm-up step, and the library pages it had cached before touching
+  its own runtime (anonymous memory through the warm-up steps, and the library pages it had cached before touching
   the model) plus the bytes Seraphim may keep of the model states (the PS RAM budgets and the worker's page budget;
-  Seraphim's are in its anonymous memory already). (a) ``mmap``: weights, gradients and Adam moments in one
+  Seraphim's are in its anonymous memory already), plus a margin (MARGIN and MARGIN_SHARE of the runtime).
+  ``*_memory_limit_hits`` say how often each group reached its limit: 0 means the limit did not bind. (a) ``mmap``: weights, gradients and Adam moments in one
   memory-mapped file on the same disk, the kernel deciding what stays in memory; (b) DeepSpeed ZeRO-3 with
   parameters and optimizer states offloaded to NVMe (a directory on the same disk) through its async-I/O op, on
   the CPU accelerator. ``ratio_vs_mmap`` and ``ratio_vs_deepspeed_nvme`` are our tokens/s over theirs.
 
-    python bench/lm_offload.py [--quick] [--steps 5] [--threads 2]
+    python bench/lm_offload.py [--quick] [--steps 5] [--threads 2] [--batch 32]
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-MARGIN = 192 << 20  # every cage's limit gets this much on top, so no contender dies of growth after the
-                    # warm-up (with 64 MiB, lm-medium's worker was OOM-killed in its cage after the warm-up)
+MARGIN = 192 << 20  # every cage's limit gets this much on top, plus MARGIN_SHARE of the runtime it measured, so
+MARGIN_SHARE = 0.05  # no contender dies of growth after the warm-up (64 MiB flat: lm-medium's worker was
+                     # OOM-killed at batch 8; 192 MiB flat: at batch 32, whose steps allocate 4.7 GB)
 
-BIG = dict(preset="lm-medium", vocab=8192, ps_ram_mb=40, ps_page_kb=1024, page_kb=1024, seq_len=256, batch=8)
+BIG = dict(preset="lm-medium", vocab=8192, ps_ram_mb=40, ps_page_kb=1024, page_kb=1024, seq_len=256, batch=32)
 QUICK = dict(preset="lm-small", vocab=4096, ps_ram_mb=8, ps_page_kb=256, page_kb=256, seq_len=128, batch=8)
 
 
@@ -257,6 +259,10 @@ class Run:
         spec_file = scratch / f"{role}.spec.json"
         spec_file.write_text(json.dumps(self.spec))
         env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", MALLOC_ARENA_MAX="2")  # bounded heap growth
+        if role == "ours":  # as `seraphim worker start` runs a worker
+            from seraphim.proto.resources import WORKER_OPENMP_ENV
+
+            env = {**WORKER_OPENMP_ENV, **env}
         self.proc = subprocess.Popen([sys.executable, __file__, "--role", role, "--spec", str(spec_file)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.cage = None
@@ -290,7 +296,7 @@ class Run:
         self._until("WARM")
         if self.cage:
             runtime = self.cage.stop_sampling()
-            self.limit_bytes = libraries + runtime + self.state_budget + MARGIN
+            self.limit_bytes = libraries + runtime + self.state_budget + MARGIN + int(MARGIN_SHARE * runtime)
             self.cage.limit(self.limit_bytes)
         self._go()
         code = self.proc.wait()
@@ -300,6 +306,7 @@ class Run:
         if self.cage:
             result["cage_limit_bytes"] = self.limit_bytes
             result["cage_peak_bytes"] = self.cage.peak_usage_bytes
+            result["cage_limit_hits"] = self.cage.limit_hits
         return result
 
     def close(self) -> None:
@@ -319,10 +326,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="the small model, for a check in a few minutes")
     p.add_argument("--steps", type=int, default=5, help="measured steps per contender")
-    p.add_argument("--warmup", type=int, default=2, help="steps before the measured ones (>= 1: a caged contender's "
+    p.add_argument("--warmup", type=int, default=3, help="steps before the measured ones (>= 1: a caged contender's "
                                                           "memory limit is set from what its warm-up used)")
     p.add_argument("--same-math-steps", type=int, default=50)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads of every contender")
+    p.add_argument("--batch", type=int, default=None, help="sequences per step of the speed runs (default: the "
+                                                           "model's: 32 for lm-medium, 8 for --quick)")
     p.add_argument("--skip", default="", help="comma-separated contenders to skip: mmap, deepspeed")
     a = p.parse_args()
     if a.warmup < 1:
@@ -382,7 +391,7 @@ def main() -> None:
         figures["loss_after_same_math_steps"] = exact["losses"][-1]
 
         # -- speed and peers -----------------------------------------------------------------------------------
-        speed = dict(base, batch=shape["batch"], seq_len=shape["seq_len"], warmup=a.warmup, steps=a.steps)
+        speed = dict(base, batch=a.batch or shape["batch"], seq_len=shape["seq_len"], warmup=a.warmup, steps=a.steps)
         torch_ram = peer("torch", speed, 0, cage=False)
         if cage_reason:
             print(f"# memory limit not applied: {cage_reason}", flush=True)
@@ -401,6 +410,7 @@ def main() -> None:
         })
         if "cage_limit_bytes" in ours_on:
             figures["ours_memory_limit_bytes"] = ours_on["cage_limit_bytes"]
+            figures["ours_memory_limit_hits"] = ours_on["cage_limit_hits"]
         wire = _wire_bytes_per_s(shape["page_kb"], shape["ps_page_kb"], scratch)
         moved = (ours_on["pulled_bytes"] + ours_on["pushed_bytes"]) / (a.warmup + a.steps)
         compute_s = sorted(torch_ram["step_s"])[len(torch_ram["step_s"]) // 2]
@@ -423,6 +433,7 @@ def main() -> None:
             figures["ratio_vs_mmap"] = ours_tps / figures["tokens_per_s_mmap"]
             if "cage_limit_bytes" in mmap:
                 figures["mmap_memory_limit_bytes"] = mmap["cage_limit_bytes"]
+                figures["mmap_memory_limit_hits"] = mmap["cage_limit_hits"]
         if "deepspeed" not in skip:
             why = _deepspeed_unavailable()
             if why:

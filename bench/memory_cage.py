@@ -64,6 +64,11 @@ class MemoryCage:
     def peak_usage_bytes(self) -> int:
         return int((self.path / "memory.max_usage_in_bytes").read_text())
 
+    @property
+    def limit_hits(self) -> int:
+        """How many times the group's usage reached its limit (each time, the kernel reclaimed memory in it)."""
+        return int((self.path / "memory.failcnt").read_text())
+
     def limit(self, limit_bytes: int) -> None:
         (self.path / "memory.limit_in_bytes").write_text(str(int(limit_bytes)))
         (self.path / "memory.max_usage_in_bytes").write_text("0")  # restart the peak under the limit

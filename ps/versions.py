@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import numpy as np
+from numba import njit
 
 from seraphim.proto.errors import DeadlineExceeded, InvalidArgument
 
@@ -187,8 +188,7 @@ class VersionedRows:
 
     def _record(self, version: int, sums: np.ndarray) -> None:
         """Add an applied gradient sum's squared norm to its version's (the last RECORDED_VERSIONS are kept)."""
-        flat = sums.reshape(-1)  # a float32 BLAS dot: a float64 einsum cost a third of the AdamW it reports on
-        self.applied_grad_sq[version] = self.applied_grad_sq.get(version, 0.0) + float(np.dot(flat, flat))
+        self.applied_grad_sq[version] = self.applied_grad_sq.get(version, 0.0) + _squared_norm(sums.reshape(-1))
         while len(self.applied_grad_sq) > RECORDED_VERSIONS:
             del self.applied_grad_sq[min(self.applied_grad_sq)]
 
@@ -224,3 +224,14 @@ class VersionedRows:
     def pending_rows(self) -> int:
         with self.cond:
             return sum(acc.used - sum(len(f) for f in acc.free) for acc in self._pending.values())
+
+
+@njit(cache=True, nogil=True)
+def _squared_norm(values):  # pragma: no cover - compiled
+    """Sum of squares of a float32 vector, accumulated in float64, on the calling thread: a float64 einsum cost a
+    third of the AdamW whose gradients it measures, and a BLAS dot would wake (and spin) a BLAS thread pool in a
+    process whose parallelism is its request threads."""
+    total = 0.0
+    for i in range(values.shape[0]):
+        total += float(values[i]) * float(values[i])
+    return total

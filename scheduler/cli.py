@@ -22,6 +22,7 @@ import yaml
 
 from seraphim.proto import scheduler_pb2
 from seraphim.proto.errors import DeadlineExceeded, SeraphimError, Unavailable
+from seraphim.proto.resources import apply_worker_openmp_env
 from seraphim.proto.rpc import TlsFiles, resolve_token
 from seraphim.scheduler.client import SchedulerClient, default_address
 from seraphim.scheduler.embedded import SchedulerProcess
@@ -380,6 +381,7 @@ def _role_main(role: str, rest: list[str]) -> int:
     elif role == "ps":
         from seraphim.ps.main import main as role_main
     else:
+        apply_worker_openmp_env()  # before the worker's imports load torch (and OpenMP with it)
         from seraphim.algorithms.worker_main import main as role_main
     return role_main(rest)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Sequence
 
 from seraphim.proto.port_file import wait_for_port_file
+from seraphim.proto.resources import WORKER_OPENMP_ENV
 
 
 @dataclass
@@ -95,7 +96,7 @@ class LocalCluster:
     def start_worker(self, argv: Sequence[str], name: str) -> subprocess.Popen:
         """Start a worker process (argv after the Python executable), logging to logs/<name>.log."""
         proc = subprocess.Popen([sys.executable, *argv], stdout=self._log(name), stderr=subprocess.STDOUT,
-                                env=self.env(), start_new_session=True)
+                                env={**WORKER_OPENMP_ENV, **self.env()}, start_new_session=True)
         self.workers.append(proc)
         return proc
 
