@@ -296,11 +296,25 @@ def test_ctrl_c_on_run_cancels_the_job_and_stops_every_process(tmp_path):
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        for pid in pids or _node_pids(db):
+        for pid in (pids or _node_pids(db)) + _scheduler_pids(db.parent):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _scheduler_pids(data_dir: Path) -> list[int]:
+    """Scheduler processes serving `data_dir` (started in a session of their own, so killing the run's process
+    group leaves them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # not a process, or it ended meanwhile
+            continue
+        if b"scheduler" in argv and str(data_dir.resolve()).encode() in argv:
+            found.append(int(entry.name))
+    return found
 
 
 def _node_pids(db: Path) -> list[int]:

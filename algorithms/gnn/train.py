@@ -384,7 +384,7 @@ def train_stage(model: nn.Module, features: HopSource, labels: np.ndarray, split
             loss.backward()
             optimizer.step()
             if on_step is not None:
-                on_step(float(loss))
+                on_step(loss.item())
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             val = accuracy(predict(model, features, split.valid, label_input, config.eval_batch_size),
                            labels[split.valid])
