@@ -14,9 +14,9 @@ The LMDB keys of `pages` are the page-existence record: recovery rebuilds it wit
 Durability "snapshot": no sync per commit; the snapshot transaction is synced, and a background thread writes
 dirty pages back every FLUSH_BEHIND_BYTES of page writes (a memory limit's reclaim then finds clean pages).
 Between snapshots every page write first saves the page's snapshot-time bytes into `undo` in the same
-transaction, so recovery after a killed process rolls back to exactly the last snapshot. Durability "strict": a synced commit per
-transaction, no undo log. Both open the map with writemap: page writes then cost a memcpy into the map
-instead of a malloc'd copy plus write(), which measured about 1.5x faster eviction write-back here. The
+transaction, so recovery after a killed process rolls back to exactly the last snapshot. Durability "strict": a
+synced commit per transaction, no undo log. Both open the map with writemap: page writes then cost a memcpy into
+the map instead of a malloc'd copy plus write(), which measured about 1.5x faster eviction write-back here. The
 price, per LMDB's documentation: with writemap and no sync, an OS crash or power loss between snapshots
 can corrupt the environment (snapshot mode guards against process crashes, which PS restarts handle;
 strict mode against machine crashes), and a full disk surfaces as SIGBUS rather than an error, so keep

@@ -4,20 +4,20 @@ Backward produces a tensor's gradient when autograd has accumulated it (``post_a
 are copied into float32 page buffers, and a page whose every tensor has reported is pushed at once (early
 pushes: the PS updates that page while the worker runs backward through earlier layers). The buffers are reused
 from step to step (the push encodes its bytes before it returns), and only the parts of a page that no trainable
-tensor covers are zeroed: fresh page-sized allocations and full zero fills cost as much as the copies themselves. A page holding a
-tensor that got no gradient this step is pushed at the step's end with zeros there, so every page reaches the
-next version. The push names the step as its version: the PS applies step t's gradients to rows at version t.
+tensor covers are zeroed: fresh page-sized allocations and full zero fills cost as much as the copies themselves.
+A page holding a tensor that got no gradient this step is pushed at the step's end with zeros there, so every
+page reaches the next version. The push names the step as its version: the PS applies step t's gradients to rows at version t.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from seraphim.worker.client import DenseTable
-from seraphim.worker.paged.layout import PageLayout, TensorPlacement
+from seraphim.worker.paged.layout import PageLayout
 from seraphim.worker.paged.transfer import PageTransfer
 
 
@@ -37,11 +37,12 @@ class PageGradients:
             for s in t.segments:
                 self._expected[s.page] += 1
         self._remaining = self._expected.copy()
-        self._gaps = _uncovered(layout, self._placements.values())
         self._page_segments: list[list[tuple[str, int, int]]] = [[] for _ in range(layout.n_pages)]
         for t in self._placements.values():
             for s in t.segments:
                 self._page_segments[s.page].append((t.name, s.page_offset, s.page_offset + s.numel))
+        self._gaps = [_uncovered([(start, end) for _, start, end in spans], layout.page_numel)
+                      for spans in self._page_segments]
         self._reported: set[str] = set()
         self._buffers: dict[int, torch.Tensor] = {}
         self._free: list[torch.Tensor] = []
@@ -120,20 +121,13 @@ class PageGradients:
         self.on_push(page)
 
 
-def _uncovered(layout: PageLayout, placements: Iterable[TensorPlacement]) -> list[list[tuple[int, int]]]:
-    """Per page, the [start, end) ranges that no given tensor's segment covers."""
-    covered: list[list[tuple[int, int]]] = [[] for _ in range(layout.n_pages)]
-    for t in placements:
-        for s in t.segments:
-            covered[s.page].append((s.page_offset, s.page_offset + s.numel))
-    gaps = []
-    for spans in covered:
-        page_gaps, cursor = [], 0
-        for start, end in sorted(spans):
-            if start > cursor:
-                page_gaps.append((cursor, start))
-            cursor = max(cursor, end)
-        if cursor < layout.page_numel:
-            page_gaps.append((cursor, layout.page_numel))
-        gaps.append(page_gaps)
+def _uncovered(spans: list[tuple[int, int]], page_numel: int) -> list[tuple[int, int]]:
+    """The [start, end) ranges of a page of page_numel values that none of the [start, end) spans covers."""
+    gaps, cursor = [], 0
+    for start, end in sorted(spans):
+        if start > cursor:
+            gaps.append((cursor, start))
+        cursor = max(cursor, end)
+    if cursor < page_numel:
+        gaps.append((cursor, page_numel))
     return gaps
