@@ -7,6 +7,7 @@ InvalidArgument naming what was wrong rather than a garbled array.
 from __future__ import annotations
 
 import ctypes
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,9 @@ def _checked_view(dtype: str, shape: tuple[int, ...], data: bytes | memoryview) 
     if any(s < 0 for s in shape):
         raise InvalidArgument(f"tensor shape {shape} has a negative dimension")
     wire = WIRE_DTYPES[dtype]
-    expected = int(np.prod(shape, dtype=np.int64)) * wire.itemsize
+    if math.prod(s for s in shape if s) * wire.itemsize > np.iinfo(np.intp).max:  # numpy refuses it even when
+        raise InvalidArgument(f"tensor shape {list(shape)} is too large for an array")  # a zero makes it empty
+    expected = math.prod(shape) * wire.itemsize
     if len(data) != expected:
         raise InvalidArgument(
             f"tensor payload has {len(data)} bytes but dtype {dtype} and shape {list(shape)} need {expected}")

@@ -41,6 +41,8 @@ def test_codec_rejects_bad_payloads():
         decode_array(msg)
     with pytest.raises(InvalidArgument, match="dtype 'complex64' is unknown"):
         decode_array(common_pb2.Tensor(dtype="complex64", shape=[1], data=b"12345678"))
+    with pytest.raises(InvalidArgument, match="too large for an array"):  # empty, but numpy cannot size it
+        decode_array(common_pb2.Tensor(dtype="float32", shape=[2, 0, 2**40, 2**40], data=b""))
     with pytest.raises(InvalidArgument, match="not a multiple of 8"):
         decode_keys(b"1234567")
 
