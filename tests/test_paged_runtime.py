@@ -154,6 +154,26 @@ def test_a_budget_below_one_layer_and_use_outside_a_step_are_refused(ps_shards):
             paged.close()
 
 
+def test_a_layer_called_inside_unit_weights_gathers_its_weights_once(ps_shards):
+    """MEMO measures a layer by calling it inside unit_weights(): the layer's own hooks must not gather its weights a
+    second time, or the first gather's pointer outlives its memory, and an activation that lands there later would
+    be saved as a reference to the weight."""
+    config = _config()
+    tokens = torch.arange(10).reshape(2, 5)
+    with PSClient(ps_shards.addresses) as ps:
+        model, paged = _paged(ps, config, "nested")
+        try:
+            embed = model.model.embed_tokens
+            assert not paged.layout.placement("model.embed_tokens.weight").in_one_page
+            with paged.inference(version=0), paged.unit_weights(embed):
+                rows = embed(tokens)
+                assert len(paged._gathered) == 1  # the one gather of the embedding, in use
+            assert not paged._gathered
+            torch.testing.assert_close(rows, _reference(config)[0].model.embed_tokens(tokens), rtol=0, atol=0)
+        finally:
+            paged.close()
+
+
 class _PairOfLayers(torch.nn.Module):
     """`used` and `skip` share a page; `skip` takes part (and gets a gradient) only when asked."""
 

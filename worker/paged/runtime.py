@@ -171,6 +171,10 @@ class PagedModel:
             if p.requires_grad:
                 p.register_post_accumulate_grad_hook(self._grad_ready)
         self._gathered: dict[int, str] = {}  # storage pointer of a parameter gathered from several pages -> its name
+        # units whose weights are in place, and how deeply (a unit called inside unit_weights() is entered twice:
+        # gathering its weights again would orphan the first gather's pointer in _gathered, and once that memory
+        # held an activation, the activation would be saved as a reference to the weight)
+        self._entered: dict[int, int] = {}
         self._backward_params: dict[str, torch.Tensor] = {}
         self._mode: str | None = None
         self._phase = FORWARD
@@ -307,6 +311,10 @@ class PagedModel:
         if self._mode is None:
             raise RuntimeError(f"paged model {self.name!r}: its layers hold no weights outside paged.step() or "
                                f"paged.inference(); run the model inside one of them")
+        depth = self._entered.get(id(unit), 0)
+        self._entered[id(unit)] = depth + 1
+        if depth:  # the unit runs inside unit_weights(): its weights are in place already
+            return
         pages = {p: self._access(p, pin=True) for p in self._unit_pages[id(unit)]}
         for name in self._unit_params[id(unit)]:
             self._params[name].data = self._materialize(name, pages)
@@ -314,6 +322,10 @@ class PagedModel:
             self._prefetch_next_unit(unit)
 
     def _exit(self, unit: nn.Module, args: Any, output: Any) -> None:
+        depth = self._entered.pop(id(unit), 1) - 1
+        if depth:
+            self._entered[id(unit)] = depth
+            return
         for name in self._unit_params[id(unit)]:
             self._release(name)
         for page in self._unit_pages[id(unit)]:
@@ -338,6 +350,7 @@ class PagedModel:
         param.data = self._placeholders[name]
 
     def _release_all(self) -> None:
+        self._entered.clear()
         for unit in self.units:
             for name in self._unit_params[id(unit)]:
                 self._release(name)
