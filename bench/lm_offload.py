@@ -16,11 +16,11 @@ hyperparameters, one process each (Seraphim: a worker process and two PS process
 - **Peers under the same memory limit** (``memory_cage.py``): each contender runs in a memory cgroup whose limit is
   its own runtime (anonymous memory through the warm-up steps, and the library pages it had cached before touching
   the model) plus the bytes Seraphim may keep of the model states (the PS RAM budgets and the worker's page budget;
-  Seraphim's are in its anonymous memory already), plus a margin (MARGIN and MARGIN_SHARE of the runtime).
-  ``*_memory_limit_hits`` say how often each group reached its limit: 0 means the limit did not bind. (a) ``mmap``: weights, gradients and Adam moments in one
-  memory-mapped file on the same disk, the kernel deciding what stays in memory; (b) DeepSpeed ZeRO-3 with
-  parameters and optimizer states offloaded to NVMe (a directory on the same disk) through its async-I/O op, on
-  the CPU accelerator. ``ratio_vs_mmap`` and ``ratio_vs_deepspeed_nvme`` are our tokens/s over theirs.
+  Seraphim's are in its anonymous memory already), plus a margin (MARGIN and MARGIN_SHARE of the runtime);
+  ``*_memory_limit_hits`` say how often each group reached its limit (0: the limit did not bind). (a) ``mmap``:
+  weights, gradients and Adam moments in one memory-mapped file on the same disk, the kernel deciding what stays
+  in memory; (b) DeepSpeed ZeRO-3 with parameters and optimizer states offloaded to NVMe (a directory on the same
+  disk) through its async-I/O op, on the CPU accelerator. ``ratio_vs_mmap`` and ``ratio_vs_deepspeed_nvme`` are our tokens/s over theirs.
 
     python bench/lm_offload.py [--quick] [--steps 5] [--threads 2] [--batch 32]
 """

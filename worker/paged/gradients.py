@@ -32,15 +32,12 @@ class PageGradients:
         self.transfer = transfer
         self.device = device
         self._placements = {t.name: t for t in layout.tensors if t.name in trainable}
-        self._expected = np.zeros(layout.n_pages, dtype=np.int64)
-        for t in self._placements.values():
-            for s in t.segments:
-                self._expected[s.page] += 1
-        self._remaining = self._expected.copy()
         self._page_segments: list[list[tuple[str, int, int]]] = [[] for _ in range(layout.n_pages)]
         for t in self._placements.values():
             for s in t.segments:
                 self._page_segments[s.page].append((t.name, s.page_offset, s.page_offset + s.numel))
+        self._expected = np.array([len(spans) for spans in self._page_segments], dtype=np.int64)
+        self._remaining = self._expected.copy()
         self._gaps = [_uncovered([(start, end) for _, start, end in spans], layout.page_numel)
                       for spans in self._page_segments]
         self._reported: set[str] = set()
