@@ -19,7 +19,7 @@ from seraphim.scheduler.master import TERMINAL, Master
 log = logging.getLogger("seraphim.scheduler")
 
 #: a log's name under the run's logs/ ("job", "ps-0", "worker-1"): never a path, so no file outside logs/ is read
-LOG_SOURCE_PATTERN = r"[\w-]*"
+LOG_SOURCE_PATTERN = r"[\w-]{0,64}"  # a node name; bounded, as the log file's name must be
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,8 +88,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         try:
             job = self.master.job(request.job_id)
             if not re.fullmatch(LOG_SOURCE_PATTERN, request.source):
-                raise InvalidArgument(f"log source {request.source!r} is not a log name such as 'job', 'ps-0' or "
-                                      f"'worker-1' (letters, digits, '_' and '-'), or empty for every source")
+                raise InvalidArgument(f"log source {request.source[:80]!r} is not a log name such as 'job', 'ps-0' or "
+                                      f"'worker-1' (at most 64 letters, digits, '_' and '-'), or empty for every "
+                                      f"source")
         except SeraphimError as exc:
             context.abort(exc.code, str(exc))
         yield from _follow_logs(self.master, job.job_id, Path(job.run_dir) / "logs", request.source, request.follow,

@@ -185,6 +185,8 @@ def test_killed_ps_and_worker_are_restarted_and_the_job_completes(tmp_path, sche
         assert status.restarts == 2
         assert node(status, "worker", 1).attempt == 2
         events = "".join(c.text for c in client.logs(job_id, source="job"))
+        with pytest.raises(InvalidArgument, match="at most 64 letters"):  # not the OS's 'File name too long'
+            list(client.logs(job_id, source="a" * 300))
     assert "ps-0 (pid" in events and "started ps-0 (attempt 2" in events
     assert "started worker-1 (attempt 2" in events and "job SUCCEEDED" in events
     resumed = int(re.search(r"resuming at step (\d+)", (run_dir / "logs" / "worker-1.log").read_text()).group(1))
