@@ -115,8 +115,8 @@ def example_study(data: TokenData, vocab: int, seeds: int, steps: int | None = N
     if (o.lr, o.weight_decay, spec.seq_len) != (LR, WD, SEQ):
         raise ValueError("examples/moe.yaml changed lr, weight_decay or seq_len; update LR, WD and SEQ here")
     batch, steps = 2 * spec.batch_size, steps or spec.steps
-    top1 = replace(config, n_experts=config.n_experts // config.top_k, top_k=1,
-                   expert_ffn_dim=config.expert_ffn_dim * config.top_k)  # same active and total parameters
+    top1 = replace(config, n_experts=config.n_experts // config.top_k, top_k=1, routed_scale=1.0,
+                   expert_ffn_dim=config.expert_ffn_dim * config.top_k)  # same parameters, Hunyuan-Large's gate
     advisor = ExpertLRSpec(rule="advisor", b_noise_tokens=8192).ratio_for(batch * SEQ, 1, top1.n_experts, o.lr)
     ratio = spec.experts.lr.ratio_for(batch * SEQ, config.top_k, config.n_experts, o.lr)
     arms = {"dense": (config.dense_equivalent(), 1.0), "example": (config, ratio),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,22 @@ def test_capacity_drops_overflow_and_recycle_routing_gives_it_to_experts_with_ro
     top2 = route(logits, 2, None, recycle=False)
     assert top2.assignments == 128 and top2.dropped == 0
     torch.testing.assert_close(torch.zeros(64).index_add(0, top2.token, top2.weight), torch.ones(64))
+
+
+def test_routed_scale_multiplies_the_routed_experts_sum_and_nothing_else():
+    base = MoEConfig(**{**PRESETS["moe-tiny"], "n_experts": 8, "top_k": 4, "capacity_factor": None})
+    x = torch.randn(2, 5, base.dim, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for scale in (1.0, 4.0):
+        mlp = MoELM(replace(base, routed_scale=scale), seed=3).eval().moe_layers()[0]
+        with torch.no_grad():
+            outputs.append((mlp(x) - mlp.shared_mlp(x), mlp.last_routing.weight.sum()))
+    (routed_1, weights_1), (routed_4, weights_4) = outputs
+    assert weights_1.item() == pytest.approx(10.0, rel=1e-5)  # top-4 weights renormalized: 1 per token
+    torch.testing.assert_close(weights_4, weights_1)  # the routing itself does not change
+    torch.testing.assert_close(routed_4, 4.0 * routed_1, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="routed_scale must be > 0"):
+        replace(base, routed_scale=0.0)
 
 
 @pytest.mark.parametrize("heads, cla", [(8, 1), (2, 1), (2, 2)], ids=["mha", "gqa", "gqa+cla"])

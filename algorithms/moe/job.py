@@ -63,6 +63,7 @@ class MoEModelSpec(BaseModel):
     shared_ffn_dim: int | None = None
     capacity_factor: float | Literal["none"] | None = Field(None, description="'none': no expert drops a token")
     recycle: bool | None = None
+    routed_scale: float | None = None
     aux_loss_coef: float | None = None
     z_loss_coef: float | None = None
 

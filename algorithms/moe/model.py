@@ -4,8 +4,10 @@
 values of the layer before it).
 
 Following ``modeling_hunyuan.py``: the layer's output is shared(x) + sum of the routed experts' outputs times their
-gate probabilities (no renormalization for top-1); QK-norm is an RMSNorm over each head's width applied after
-RoPE; the KV cache keeps one entry per KV-computing layer, so its bytes per token are
+gate probabilities (no renormalization for top-1), times ``routed_scale`` (1 in Hunyuan-Large; DeepSeek's routed
+scaling factor: with top-k weights renormalized to sum to 1, k makes k fine-grained experts add up as the hidden
+units of a dense MLP k times their width do, where 1 averages them); QK-norm is an RMSNorm over each head's width
+applied after RoPE; the KV cache keeps one entry per KV-computing layer, so its bytes per token are
 2 * ceil(L / cla_share) * G * K * itemsize (``kv_bytes_per_token``) against MHA's 2 * L * H * K * itemsize.
 
 Where the routed experts live is a placement (``experts.py``): stacked parameters of the model (one process, the
@@ -52,6 +54,7 @@ class MoEConfig:
     shared_ffn_dim: int = 512
     capacity_factor: float | None = 1.25  # None: no expert drops a token
     recycle: bool = True
+    routed_scale: float = 1.0        # the routed experts' summed output times this (DeepSeek's routed scaling factor)
     aux_loss_coef: float = 0.01
     z_loss_coef: float = 0.0
 
@@ -67,6 +70,8 @@ class MoEConfig:
             problems.append(f"top_k {self.top_k} must be in 1..n_experts ({self.n_experts})")
         if self.n_experts and self.expert_ffn_dim < 1:
             problems.append(f"expert_ffn_dim must be >= 1, got {self.expert_ffn_dim}")
+        if not self.routed_scale > 0:
+            problems.append(f"routed_scale must be > 0, got {self.routed_scale}")
         if self.capacity_factor is not None and self.capacity_factor <= 0:
             problems.append(f"capacity_factor must be > 0 or None (no limit), got {self.capacity_factor}")
         if problems:
@@ -235,7 +240,7 @@ class MoEMLP(nn.Module):
         routing = route(logits, c.top_k, c.capacity_factor if self.training else None, c.recycle, self.generator)
         self.last_routing = routing
         routed = self.experts(flat[routing.token], routing)                            # (N, D)
-        combined = torch.zeros_like(flat).index_add(0, routing.token, routed * routing.weight[:, None].to(x.dtype))
+        combined = torch.zeros_like(flat).index_add(0, routing.token, routed * (routing.weight[:, None] * c.routed_scale).to(x.dtype))
         return (self.shared_mlp(flat) + combined).view(b, s, d)                        # (B, S, D)
 
 
