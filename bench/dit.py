@@ -2,11 +2,12 @@
 
 1. The attribute classifiers (images; clips), trained on real renderings of the training glyphs: their accuracy per
    caption fact on held-out glyphs (``classifier_*``).
-2. Flow matching against v-prediction DDPM: the image model of examples/dit_image.yaml, the same data, batch, steps
-   and optimizer, over --seeds training seeds; each model samples with its own first-order sampler (Euler; DDIM)
-   at 10, 25 and 50 steps with the same guidance, and is scored on the same captions: accuracy per caption fact,
-   the joint accuracy on class and position, and the Fréchet distance to real renderings of the same captions in
-   the classifier's feature space. ``fd_flow_matching`` and ``fd_ddpm`` are the seed means at 25 steps.
+2. Flow matching against v-prediction DDPM: the image model of examples/dit_image.yaml, the same data, global batch
+   (workers x batch_size, in one process, as for every model here), steps and optimizer, over --seeds training
+   seeds; each model samples with its own first-order sampler (Euler; DDIM) at 10, 25 and 50 steps with the same
+   guidance, and is scored on the same captions: accuracy per caption fact, the joint accuracy on class and
+   position, and the Fréchet distance to real renderings of the same captions in the classifier's feature space.
+   ``fd_flow_matching`` and ``fd_ddpm`` are the seed means at 25 steps.
 3. The time shift ``t -> s t / (1 + (s - 1) t)`` of the flow-matching sampler at few (10 and 5) steps.
 4. Dual-then-single-stream (hyvideo-t/4) against all-single-stream blocks (single-t/4) at equal parameters (counts
    printed), trained on the images like the flow-matching models and scored at 25 steps.
@@ -74,6 +75,14 @@ def example(name: str) -> dict[str, Any]:
     return yaml.safe_load((REPO / "examples" / f"{name}.yaml").read_text())
 
 
+def example_train(name: str) -> dict[str, Any]:
+    """An example's train section for one process: its batch is the job's global one (workers x batch_size)."""
+    job = example(name)
+    train = job["train"]
+    train["training"]["batch_size"] *= job["cluster"]["workers"]
+    return train
+
+
 @dataclass(frozen=True)
 class Scoring:
     """One sampler configuration to score a trained model with."""
@@ -95,7 +104,7 @@ class Task:
 
 
 def image_spec(args: argparse.Namespace, seed: int, objective: str, preset: str | None = None) -> dict[str, Any]:
-    train = example("dit_image")["train"]
+    train = example_train("dit_image")
     if preset is not None:
         train["model"] = {"preset": preset}
     train["objective"] = {"kind": objective}
@@ -106,7 +115,7 @@ def image_spec(args: argparse.Namespace, seed: int, objective: str, preset: str 
 
 
 def video_spec(args: argparse.Namespace) -> dict[str, Any]:
-    train = example("dit_video")["train"]
+    train = example_train("dit_video")
     train["sampling"] = {**train.get("sampling", {}), "guidance": args.guidance}
     train["training"] = {**train["training"], **({"steps": args.video_steps} if args.video_steps else {})}
     train["evaluation"] = {"samples": 0}
@@ -233,7 +242,7 @@ def quality(args: argparse.Namespace, figures: dict[str, float], paths: list[str
             for figure, name in (("acc_joint", "acc_class_position"), ("frechet_distance", "fd")):
                 mean, std = mean_over(runs, key, figure)
                 figures[f"{label}_{key}_{name}"], figures[f"{label}_{key}_{name}_std"] = mean, std
-            for fact in DigitImages.FACTS:
+            for fact in digits_data(False).FACTS:
                 figures[f"{label}_{key}_acc_{fact}"] = mean_over(runs, key, f"acc_{fact}")[0]
     fm_runs = [results[f"image-flow_matching-seed{s}"] for s in range(args.seeds)]
     for steps in SHIFT_STEPS:
