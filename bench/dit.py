@@ -235,6 +235,7 @@ def quality(args: argparse.Namespace, figures: dict[str, float], paths: list[str
                     for k, s in results[name]["scores"].items()))
             paths.extend(results[name]["paths"])
 
+    image_facts = digits_data(False).FACTS
     for label in ("flow_matching", "ddpm"):
         runs = [results[f"image-{label}-seed{s}"] for s in range(args.seeds)]
         for steps in SAMPLING_STEPS:
@@ -242,7 +243,7 @@ def quality(args: argparse.Namespace, figures: dict[str, float], paths: list[str
             for figure, name in (("acc_joint", "acc_class_position"), ("frechet_distance", "fd")):
                 mean, std = mean_over(runs, key, figure)
                 figures[f"{label}_{key}_{name}"], figures[f"{label}_{key}_{name}_std"] = mean, std
-            for fact in digits_data(False).FACTS:
+            for fact in image_facts:
                 figures[f"{label}_{key}_acc_{fact}"] = mean_over(runs, key, f"acc_{fact}")[0]
     fm_runs = [results[f"image-flow_matching-seed{s}"] for s in range(args.seeds)]
     for steps in SHIFT_STEPS:

@@ -240,7 +240,8 @@ class MoEMLP(nn.Module):
         routing = route(logits, c.top_k, c.capacity_factor if self.training else None, c.recycle, self.generator)
         self.last_routing = routing
         routed = self.experts(flat[routing.token], routing)                            # (N, D)
-        combined = torch.zeros_like(flat).index_add(0, routing.token, routed * (routing.weight[:, None] * c.routed_scale).to(x.dtype))
+        gate = (routing.weight[:, None] * c.routed_scale).to(x.dtype)                   # (N, 1)
+        combined = torch.zeros_like(flat).index_add(0, routing.token, routed * gate)
         return (self.shared_mlp(flat) + combined).view(b, s, d)                        # (B, S, D)
 
 
