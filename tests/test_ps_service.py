@@ -163,6 +163,43 @@ def test_a_deterministic_ps_applies_a_clocks_pushes_in_worker_order_at_the_barri
             c.close()
 
 
+def test_a_worker_stopped_between_its_clock_calls_resumes_after_that_clock(cluster_factory):
+    """Worker 1 dies after its Clock(1) reached shard 0 only: shard 0 applied clock 1, shard 1 still holds it. The
+    restarted worker resumes at clock 1 and ticks shard 1, so both shards end at the same model."""
+    rng = np.random.default_rng(4)
+    grads = [rng.normal(size=(40, 4)).astype(np.float32) for _ in range(2)]
+    keys = np.arange(40, dtype=np.int64)
+    assert set(sparse_shard_of(keys, 2).tolist()) == {0, 1}
+    cluster = cluster_factory("stopped", num_ps=2, num_workers=2, ram_mb=4, page_kb=64, extra_args=("--deterministic",))
+    clients = [PSClient(cluster.addresses, worker_id=w, num_workers=2, clock_timeout_s=15) for w in (0, 1)]
+    try:
+        tables = [c.sparse_table("emb", dim=4, init=Constant(0.5), optimizer=Adam(lr=0.1)) for c in clients]
+        for w in (0, 1):
+            tables[w].push(keys, grads[w])
+        on_shard_0 = threading.Thread(target=clients[1]._invoke, daemon=True, args=(
+            0, "Clock", ps_pb2.ClockRequest(worker=1, clock=1, timeout_s=30), ps_pb2.ClockReply))
+        on_shard_0.start()
+        worker_0 = threading.Thread(target=clients[0].clock, daemon=True)
+        worker_0.start()
+        on_shard_0.join(10)
+        assert [c.clocks[1] for c in clients[0]._all("GetClock", lambda s: ps_pb2.GetClockRequest(),
+                                                      ps_pb2.ClockReply)] == [1, 0]
+        clients[1].close()
+        with PSClient(cluster.addresses, worker_id=1, num_workers=2) as restarted:
+            assert restarted.resume() == 1
+        worker_0.join(10)
+        assert not worker_0.is_alive()
+        after = tables[0].pull(keys)
+    finally:
+        clients[0].close()
+    plain = cluster_factory("plain", num_ps=2, num_workers=1, ram_mb=4, page_kb=64)
+    with PSClient(plain.addresses) as ps:
+        table = ps.sparse_table("emb", dim=4, init=Constant(0.5), optimizer=Adam(lr=0.1))
+        for w in (0, 1):
+            table.push(keys, grads[w])
+        np.testing.assert_array_equal(after, table.pull(keys))
+
+
 def test_kill_9_recovers_the_last_snapshot(cluster_factory):
     cluster = cluster_factory(num_ps=2, num_workers=1, snapshot_every=1, ram_mb=4, page_kb=64)
     keys = np.arange(0, 5000, 7, dtype=np.int64)

@@ -329,16 +329,27 @@ class PSClient:
         self.flush()
         self._clock += 1
         self.renumber_pushes()
-        clock = self._clock
+        return self._tick(self._clock)
+
+    def _tick(self, clock: int) -> int:
+        """Tell every shard this worker completed `clock`, waiting as far as the staleness says; the min clock."""
         replies = self._all("Clock", lambda s: ps_pb2.ClockRequest(worker=self.worker_id, clock=clock,
                                                                     timeout_s=self.clock_timeout_s),
                             ps_pb2.ClockReply, timeout_s=self.clock_timeout_s + 30)
         return min(r.min_clock for r in replies)
 
     def resume(self) -> int:
-        """Continue from the clock the shards hold for this worker (after a restart); returns it."""
+        """Continue from the clock the shards hold for this worker (after a restart); returns it.
+
+        A worker stopped between its Clock calls to the shards leaves some of them a clock behind the others. It
+        had flushed that clock's pushes before its first Clock call, so the clock is complete: the shards that
+        missed the tick get it now. Resuming a clock earlier would redo it against a model that the ahead shards
+        have already updated with it (their part of the redo is dropped, the rest computed from mixed weights)."""
         replies = self._all("GetClock", lambda s: ps_pb2.GetClockRequest(), ps_pb2.ClockReply)
-        self._clock = min(r.clocks[self.worker_id] for r in replies)
+        held = [r.clocks[self.worker_id] for r in replies]
+        self._clock = max(held)
+        if min(held) < self._clock:
+            self._tick(self._clock)
         self.renumber_pushes()  # the clock is redone: its pushes are numbered as the first time
         return self._clock
 
