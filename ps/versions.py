@@ -156,9 +156,9 @@ class VersionedRows:
                 rows, slots = rows[fresh], slots[fresh]
                 if grads is not None:
                     acc.add(slots, worker, grads[fresh])
+                    acc.lr_factor = lr_factor  # an abstention carries none: it must not reset the pushes' rate
                 acc.added[slots, worker] = True
                 acc.counts[slots] += 1
-                acc.lr_factor = lr_factor
                 taken = len(rows)
                 self._apply_complete(apply)
             self.dropped_rows += len(current) - taken

@@ -228,12 +228,51 @@ def test_a_tensor_without_a_gradient_this_step_pushes_zeros_beside_its_page_neig
             paged.close()
 
 
+def test_a_frozen_layer_keeps_its_weights_under_weight_decay_and_pages_of_its_own(ps_shards):
+    """A frozen tensor (a frozen text encoder) never shares a page with a trainable one; its pages send no gradient
+    bytes and sit at a learning rate of 0 on the PS, so weight decay does not reach it (torch's AdamW skips a
+    parameter without a gradient)."""
+    torch.manual_seed(6)
+    ref = _SometimesUnused()
+    ref.first.requires_grad_(False)
+    initial = {n: p.detach().clone() for n, p in ref.named_parameters()}
+    opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=LR, betas=(0.9, 0.95),
+                            weight_decay=WD)
+    inputs = [torch.randn(4, 8, generator=torch.Generator().manual_seed(10 + step)) for step in range(3)]
+    with PSClient(ps_shards.addresses) as ps:
+        model = _SometimesUnused()
+        model.load_state_dict(initial)
+        model.first.requires_grad_(False)
+        paged = PagedModel(ps, model, name="frozen", optimizer=AdamW(lr=LR, beta1=0.9, beta2=0.95, weight_decay=WD),
+                           config=PagingConfig(page_bytes=4096, ps_page_bytes=64 << 10, wait_s=60))
+        try:
+            frozen_pages = set(paged.layout.pages_of(["first.weight", "first.bias"]))
+            assert not frozen_pages & set(paged.layout.pages_of(["second.used.weight", "second.skip.weight"]))
+            for step, x in enumerate(inputs):
+                with paged.step(step, last_step=len(inputs) - 1):
+                    model(x, with_skip=True).backward()
+                ps.clock()
+                opt.zero_grad(set_to_none=True)
+                ref(x, with_skip=True).backward()
+                opt.step()
+            assert paged.grads.pushed_bytes == 3 * (paged.layout.n_pages - len(frozen_pages)) * 4096
+            trained = dict(paged.named_tensors())
+            for name in ("first.weight", "first.bias"):
+                assert torch.equal(trained[name], initial[name])
+            for name, value in trained.items():
+                torch.testing.assert_close(value, dict(ref.named_parameters())[name].detach(), rtol=1e-5, atol=1e-6)
+        finally:
+            paged.close()
+
+
 def test_pages_pack_small_tensors_whole_and_rows_fill_the_ps_pages():
     layout = PageLayout.pack([("a", (10,)), ("b", (7,)), ("c", (30,)), ("d", (3,))], page_numel=16)
     assert [t.pages for t in layout.tensors] == [(0,), (1,), (1, 2, 3), (3,)]
     assert layout.placement("b").segments[0].page_offset == 0  # b does not fit after a: next page, whole
     assert layout.placement("c").segments[0].page_offset == 7  # a big tensor starts where the cursor is
     assert layout.n_pages == 4 and layout.numel == 50
+    frozen = PageLayout.pack([("a", (10,)), ("f", (3,)), ("g", (20,)), ("b", (2,))], page_numel=16, frozen={"f", "g"})
+    assert [t.pages for t in frozen.tensors] == [(0,), (1,), (1, 2), (3,)]  # frozen and trainable never share a page
     rows = row_shape(page_numel=262144, ps_page_bytes=256 << 10)
     assert rows.rows_per_page * rows.row_dim == 262144
     assert (256 << 10) // rows.row_bytes() * rows.row_bytes() >= 0.97 * (256 << 10)

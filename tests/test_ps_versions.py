@@ -96,6 +96,26 @@ def test_an_absent_worker_counts_as_a_zero_gradient_without_sending_values(share
             dense.abstain_async(keys, 0).result()
 
 
+def test_an_abstention_after_a_push_keeps_the_pushs_learning_rate(shared_ps):
+    """Worker 0's push carries the step's learning-rate scale (a warm-up); worker 1's abstention, which carries
+    none, lands after it and must not reset it."""
+    rng = np.random.default_rng(2)
+    start = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    keys = np.arange(ROWS)
+    with PSClient(shared_ps.addresses, worker_id=0, num_workers=2) as w0, \
+            PSClient(shared_ps.addresses, worker_id=1, num_workers=2) as w1:
+        t0, t1 = _table(w0, name="late_abstention"), _table(w1, name="late_abstention")
+        t0.push(keys, start, mode="assign")
+        g = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+        t0.push(keys, g, version=0, lr_scale=0.5)
+        t1.abstain_async(keys, 0).result()
+        rows, versions = t1.pull_versioned(keys, min_version=1, wait_s=5)
+        ref = torch.nn.Parameter(torch.from_numpy(start.copy()))
+        ref.grad = torch.from_numpy(g)
+        torch.optim.AdamW([ref], lr=0.05 * 0.5, weight_decay=0.1).step()
+        np.testing.assert_allclose(rows, ref.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_a_pull_waits_for_the_version_it_needs_and_a_late_one_names_the_missing_worker(shared_ps):
     keys = np.arange(ROWS)
     with PSClient(shared_ps.addresses, worker_id=0, num_workers=2) as w0, \

@@ -5,8 +5,9 @@ are copied into float32 page buffers, and a page whose every tensor has reported
 pushes: the PS updates that page while the worker runs backward through earlier layers). The buffers are reused
 from step to step (the push encodes its bytes before it returns), and only the parts of a page that no trainable
 tensor covers are zeroed: fresh page-sized allocations and full zero fills cost as much as the copies themselves.
-A page holding a tensor that got no gradient this step is pushed at the step's end with zeros there, so every
-page reaches the next version. The push names the step as its version: the PS applies step t's gradients to rows at version t.
+A page holding a tensor that got no gradient this step is pushed at the step's end with zeros there, and a page
+none of whose tensors got one (a frozen tensor's page) abstains (keys only), so every page reaches the next
+version. The push names the step as its version: the PS applies step t's gradients to rows at version t.
 """
 
 from __future__ import annotations
@@ -103,18 +104,17 @@ class PageGradients:
 
     def _push(self, page: int) -> None:
         buf = self._buffers.pop(page, None)
-        if buf is None:
-            values = np.zeros(self.layout.page_numel, dtype=np.float32)
+        keys = np.arange(page * self.rows_per_page, (page + 1) * self.rows_per_page, dtype=np.int64)
+        if buf is None:  # no tensor of the page got a gradient: keys only, a zero contribution without bytes
+            self.table.abstain_async(keys, self._version)
         else:
             self.step_grad_sq += float(torch.dot(buf, buf))
             values = self.transfer.to_host(buf)
-        keys = np.arange(page * self.rows_per_page, (page + 1) * self.rows_per_page, dtype=np.int64)
-        self.table.push_async(keys, values.reshape(self.rows_per_page, -1), version=self._version,
-                              lr_scale=self._lr_scale)
-        if buf is not None:
+            self.table.push_async(keys, values.reshape(self.rows_per_page, -1), version=self._version,
+                                  lr_scale=self._lr_scale)
             self._free.append(buf)  # the push has encoded its bytes: the buffer is free for the next page
+            self.pushed_bytes += values.nbytes
         self.pushed.add(page)
-        self.pushed_bytes += values.nbytes
         self.on_push(page)
 
 

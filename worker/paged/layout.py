@@ -3,8 +3,11 @@
 A page holds ``page_numel`` values. Packing walks the tensors in the order the model first uses them; a tensor
 that fits in a page never straddles two (it starts on the next page when the current one lacks room, so it can be
 used in place, as a view of its page), and a bigger one starts where the cursor is and spans as many pages as it
-needs (it is gathered into one tensor when used). A page is stored on the PS as ``rows_per_page`` rows of a dense
-table, so the PS's own storage pages need not be as large as a model page (see ``row_shape``).
+needs (it is gathered into one tensor when used). Frozen tensors (no gradient) never share a page with trainable
+ones, so their pages send no gradient bytes and the PS can hold them at a learning rate of 0, out of weight decay's
+reach.
+A page is stored on the PS as ``rows_per_page`` rows of a dense table, so the PS's own storage pages need not be
+as large as a model page (see ``row_shape``).
 
 No torch here: shapes in, placements out.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 #: bytes the PS stores per value of a model page row: fp32 weight, Adam's two fp32 moments
 PS_BYTES_PER_VALUE = 12
@@ -59,18 +62,23 @@ class PageLayout:
     n_pages: int
 
     @classmethod
-    def pack(cls, tensors: Iterable[tuple[str, Sequence[int]]], page_numel: int) -> "PageLayout":
-        """Pack (name, shape) pairs, in the order given, into pages of page_numel values."""
+    def pack(cls, tensors: Iterable[tuple[str, Sequence[int]]], page_numel: int,
+             frozen: Collection[str] = ()) -> "PageLayout":
+        """Pack (name, shape) pairs, in the order given, into pages of page_numel values; a page holds either
+        tensors named in `frozen` or others, never both."""
         if page_numel < 1:
             raise ValueError(f"page_numel must be >= 1, got {page_numel}")
-        placed, cursor, seen = [], 0, set()
+        placed, cursor, seen, page_frozen = [], 0, set(), None
         for name, shape in tensors:
             if name in seen:
                 raise ValueError(f"tensor {name!r} is listed twice; pack each tensor once")
             seen.add(name)
             numel = math.prod(shape)
-            if numel <= page_numel and cursor % page_numel + numel > page_numel:
-                cursor = -(-cursor // page_numel) * page_numel  # a small tensor never straddles two pages
+            next_page = -(-cursor // page_numel) * page_numel
+            if (name in frozen) != page_frozen:
+                cursor, page_frozen = next_page, name in frozen
+            elif numel <= page_numel and cursor % page_numel + numel > page_numel:
+                cursor = next_page  # a small tensor never straddles two pages
             segments, done = [], 0
             while done < numel:
                 page, offset = divmod(cursor, page_numel)

@@ -142,7 +142,9 @@ class PagedModel:
         self._unit_params, owned = _unit_parameters(model, self.units)
         self._param_name = {id(p): n for n, p in model.named_parameters()}
         self._params = dict(model.named_parameters())
-        self.layout = PageLayout.pack(((n, tuple(self._params[n].shape)) for n in owned), config.page_numel)
+        frozen = {n for n in owned if not self._params[n].requires_grad}
+        self.layout = PageLayout.pack(((n, tuple(self._params[n].shape)) for n in owned), config.page_numel,
+                                      frozen=frozen)
         self._placement = {t.name: t for t in self.layout.tensors}
         self._unit_pages = {id(u): self.layout.pages_of(self._unit_params[id(u)]) for u in self.units}
         self.largest_unit_bytes = max(len(p) for p in self._unit_pages.values()) * config.page_bytes
@@ -153,14 +155,14 @@ class PagedModel:
                 f"layer's pages ({self.largest_unit_bytes} bytes: {self.largest_unit_bytes // config.page_bytes} "
                 f"pages of {config.page_bytes}); raise the budget to at least that, or use smaller pages")
         self.rows: RowShape = row_shape(config.page_numel, config.ps_page_bytes)
-        self.table = self._open_table(optimizer, rank, world_size, seed, init, ready_timeout_s)
+        self.table = self._open_table(optimizer, rank, world_size, seed, init, ready_timeout_s,
+                                      self.layout.pages_of(frozen))
         self._transfer = PageTransfer.for_device(self.device, config.compute_dtype)
         self._policy = policy or FarthestNextUse()
         self.cache = PageCache(self.table, self.rows.rows_per_page, config.page_numel, self._transfer,
                                self.budget_bytes, config.max_in_flight, LeastRecentlyUsed(), self, config.wait_s)
-        trainable = {n for n in owned if self._params[n].requires_grad}
         self.grads = PageGradients(self.layout, self.table, self.rows.rows_per_page, self._transfer, self.device,
-                                   trainable)
+                                   set(owned) - frozen)
         self.grads.on_push = lambda page: self._schedule()
         self.activations = SavedActivations(self.device)
         self._placeholders = {n: _placeholder(p, config.compute_dtype, self.device) for n, p in self._params.items()}
@@ -192,14 +194,17 @@ class PagedModel:
 
     # -- the PS table ------------------------------------------------------------------------------------------
     def _open_table(self, optimizer: AdamW, rank: int, world_size: int, seed: int, init: InitTensor | None,
-                    ready_timeout_s: float) -> DenseTable:
-        """Worker 0 creates the versioned table and writes the initial pages; the others wait for its marker."""
+                    ready_timeout_s: float, frozen_pages: Sequence[int]) -> DenseTable:
+        """Worker 0 creates the versioned table and writes the initial pages; the others wait for its marker. The
+        frozen tensors' pages get a learning rate of 0: no step and no weight decay moves them."""
         shards = self.client.num_shards
         pages = -(-self.layout.n_pages // shards) * shards  # whole pages per shard: a page is one shard's rows
-        shape = (pages * self.rows.rows_per_page, self.rows.row_dim)
+        rpp = self.rows.rows_per_page
+        shape = (pages * rpp, self.rows.row_dim)
+        frozen_rows = [(p * rpp, (p + 1) * rpp, 0.0) for p in frozen_pages]
         return self.client.open_initialized(
             self.name, lambda: self.client.dense_table(self.name, shape, init=Zeros(), optimizer=optimizer, seed=seed,
-                                                       sum_workers=world_size),
+                                                       lr_scales=frozen_rows, sum_workers=world_size),
             lambda table: self._write_initial_pages(table, init), writer=rank == 0, timeout_s=ready_timeout_s)
 
     def _write_initial_pages(self, table: DenseTable, init: InitTensor | None) -> None:
