@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -31,14 +33,22 @@ def _table(ps: PSClient, sum_workers: int = 2, name: str = "pages"):
                           sum_workers=sum_workers)
 
 
+@contextmanager
+def _two_workers(cluster: LocalCluster, name: str, rng: np.random.Generator) -> Iterator[tuple]:
+    """Workers 0 and 1 on a versioned table of their own whose rows start at normals drawn from `rng`: (worker 0's
+    client, worker 0's and worker 1's table, the starting rows)."""
+    start = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    with PSClient(cluster.addresses, worker_id=0, num_workers=2) as w0, \
+            PSClient(cluster.addresses, worker_id=1, num_workers=2) as w1:
+        t0, t1 = _table(w0, name=name), _table(w1, name=name)
+        t0.push(np.arange(ROWS), start, mode="assign")
+        yield w0, t0, t1, start
+
+
 def test_two_workers_gradients_are_summed_and_applied_once_per_version(shared_ps):
     rng = np.random.default_rng(0)
-    start = rng.normal(size=(ROWS, DIM)).astype(np.float32)
     keys = np.arange(ROWS)
-    with PSClient(shared_ps.addresses, worker_id=0, num_workers=2) as w0, \
-            PSClient(shared_ps.addresses, worker_id=1, num_workers=2) as w1:
-        t0, t1 = _table(w0, name="summed"), _table(w1, name="summed")
-        t0.push(keys, start, mode="assign")
+    with _two_workers(shared_ps, "summed", rng) as (w0, t0, t1, start):
         ref = torch.nn.Parameter(torch.from_numpy(start.copy()))
         opt = torch.optim.AdamW([ref], lr=0.05, weight_decay=0.1)
         for version in range(3):
@@ -68,12 +78,8 @@ def test_an_absent_worker_counts_as_a_zero_gradient_without_sending_values(share
     """Routed experts: worker 1's tokens chose none of rows 0..5, so it abstains from them (keys only); they update
     from worker 0's gradient alone, as AdamW updates a stacked expert weight whose unchosen slices have zero grad."""
     rng = np.random.default_rng(1)
-    start = rng.normal(size=(ROWS, DIM)).astype(np.float32)
     keys = np.arange(ROWS)
-    with PSClient(shared_ps.addresses, worker_id=0, num_workers=2) as w0, \
-            PSClient(shared_ps.addresses, worker_id=1, num_workers=2) as w1:
-        t0, t1 = _table(w0, name="absent"), _table(w1, name="absent")
-        t0.push(keys, start, mode="assign")
+    with _two_workers(shared_ps, "absent", rng) as (w0, t0, t1, start):
         ref = torch.nn.Parameter(torch.from_numpy(start.copy()))
         opt = torch.optim.AdamW([ref], lr=0.05, weight_decay=0.1)
         for version in range(3):
@@ -100,12 +106,8 @@ def test_an_abstention_after_a_push_keeps_the_pushs_learning_rate(shared_ps):
     """Worker 0's push carries the step's learning-rate scale (a warm-up); worker 1's abstention, which carries
     none, lands after it and must not reset it."""
     rng = np.random.default_rng(2)
-    start = rng.normal(size=(ROWS, DIM)).astype(np.float32)
     keys = np.arange(ROWS)
-    with PSClient(shared_ps.addresses, worker_id=0, num_workers=2) as w0, \
-            PSClient(shared_ps.addresses, worker_id=1, num_workers=2) as w1:
-        t0, t1 = _table(w0, name="late_abstention"), _table(w1, name="late_abstention")
-        t0.push(keys, start, mode="assign")
+    with _two_workers(shared_ps, "late_abstention", rng) as (w0, t0, t1, start):
         g = rng.normal(size=(ROWS, DIM)).astype(np.float32)
         t0.push(keys, g, version=0, lr_scale=0.5)
         t1.abstain_async(keys, 0).result()
