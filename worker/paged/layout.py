@@ -5,9 +5,8 @@ that fits in a page never straddles two (it starts on the next page when the cur
 used in place, as a view of its page), and a bigger one starts where the cursor is and spans as many pages as it
 needs (it is gathered into one tensor when used). Frozen tensors (no gradient) never share a page with trainable
 ones, so their pages send no gradient bytes and the PS can hold them at a learning rate of 0, out of weight decay's
-reach.
-A page is stored on the PS as ``rows_per_page`` rows of a dense table, so the PS's own storage pages need not be
-as large as a model page (see ``row_shape``).
+reach. A page is stored on the PS as ``rows_per_page`` rows of a dense table, so the PS's own storage pages need
+not be as large as a model page (see ``row_shape``).
 
 No torch here: shapes in, placements out.
 """
