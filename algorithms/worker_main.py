@@ -21,6 +21,7 @@ import torch
 from seraphim.algorithms.registry import JobContext, SchedulerAccess, job_class
 from seraphim.proto.agent import SchedulerAgent
 from seraphim.proto.errors import FatalJobError, SeraphimError
+from seraphim.proto.resources import apply_worker_heap_policy
 from seraphim.proto.rpc import TlsFiles, resolve_token
 from seraphim.proto.telemetry import RpcMetrics, process_registry
 from seraphim.scheduler.job_spec import JobSpecError, load_job, parse_job_text
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger(f"seraphim.worker.{a.rank}")
     tls = TlsFiles(ca=a.tls_ca, server_name=a.tls_server_name) if a.tls_ca else None
     try:
+        heap = apply_worker_heap_policy()  # before the job allocates
+        if heap:
+            log.info("%s", heap)
         token = resolve_token(a.token, a.token_file)
         if a.scheduler:
             return _managed(a, token, tls, log)
