@@ -36,7 +36,7 @@ def keep_freed_memory() -> bool:
     gives blocks above 32 MiB back to the kernel when they are freed, trims its heap and frees the empty heaps of
     its thread arenas, so every step faults in and zeroes the same memory again; on a VM that is the largest cost
     after the matrix products. Here every block comes from one heap (one arena, no mmap) whose free top is kept up
-    to 2 GiB. Measured on the 2-core VM, lm-medium at batch 32 × 256: plain PyTorch 10.6 -> 5.8 s per step, a
+    to 2 GiB. Measured on the 2-core VM, lm-medium at batch 32 × 256: plain PyTorch 7.0-10.6 -> 5.5-6.0 s per step, a
     paged worker beside 2 PS shards 9.2 -> 7.3 s. The cost: the process holds its peak footprint plus some
     fragmentation (5.0 -> 5.6 GB there), which a memory limit shared with the page cache pays for: in
     bench/lm_offload.py's memory cgroup the same worker ran at 815-1015 tokens/s against 872, hitting the limit
