@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import resource
 
 from seraphim.proto.errors import InvalidArgument
@@ -41,7 +40,11 @@ def keep_freed_memory() -> bool:
     fragmentation (5.0 -> 5.6 GB there), which a memory limit shared with the page cache pays for: in
     bench/lm_offload.py's memory cgroup the same worker ran at 815-1015 tokens/s against 872, hitting the limit
     1.3-5.2 million times against 0.14 million. Hence opt-in. Other C libraries keep their own policy (False)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION")  # glibc's own answer; platform.libc_ver would scan the binary
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows) or no such name (other C libraries)
+        glibc = None
+    if not glibc:
         return False
     libc = ctypes.CDLL(None)
     return all(libc.mallopt(param, value) == 1 for param, value in (

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from seraphim.worker.client import DenseTable
-from seraphim.worker.paged.layout import PageLayout
+from seraphim.worker.paged.layout import PageLayout, page_keys
 from seraphim.worker.paged.transfer import PageTransfer
 
 
@@ -104,7 +104,7 @@ class PageGradients:
 
     def _push(self, page: int) -> None:
         buf = self._buffers.pop(page, None)
-        keys = np.arange(page * self.rows_per_page, (page + 1) * self.rows_per_page, dtype=np.int64)
+        keys = page_keys(page, self.rows_per_page)
         if buf is None:  # no tensor of the page got a gradient: keys only, a zero contribution without bytes
             self.table.abstain_async(keys, self._version)
         else:

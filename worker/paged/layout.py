@@ -8,7 +8,7 @@ ones, so their pages send no gradient bytes and the PS can hold them at a learni
 reach. A page is stored on the PS as ``rows_per_page`` rows of a dense table, so the PS's own storage pages need
 not be as large as a model page (see ``row_shape``).
 
-No torch here: shapes in, placements out.
+No torch here: shapes in, placements (and PS row keys) out.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Collection, Iterable, Sequence
+
+import numpy as np
 
 #: bytes the PS stores per value of a model page row: fp32 weight, Adam's two fp32 moments
 PS_BYTES_PER_VALUE = 12
@@ -113,6 +115,11 @@ class RowShape:
 
     def row_bytes(self) -> int:
         return PS_BYTES_PER_VALUE * self.row_dim + PS_BYTES_PER_ROW
+
+
+def page_keys(page: int, rows_per_page: int) -> np.ndarray:
+    """The PS table's keys of a model page: its rows_per_page consecutive rows."""
+    return np.arange(page * rows_per_page, (page + 1) * rows_per_page, dtype=np.int64)
 
 
 def row_shape(page_numel: int, ps_page_bytes: int, slack: float = 0.02) -> RowShape:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from seraphim.worker.client import DenseTable
+from seraphim.worker.paged.layout import page_keys
 from seraphim.worker.paged.policy import AccessHistory, EvictionPolicy
 from seraphim.worker.paged.transfer import PageTransfer
 
@@ -193,8 +194,8 @@ class PageCache:
         return entry.data, entry.version
 
     def _pull(self, page: int, min_version: int) -> tuple[np.ndarray, np.ndarray]:
-        keys = np.arange(page * self.rows_per_page, (page + 1) * self.rows_per_page, dtype=np.int64)
-        return self.table.pull_versioned(keys, min_version=min_version, wait_s=self.wait_s)
+        return self.table.pull_versioned(page_keys(page, self.rows_per_page), min_version=min_version,
+                                         wait_s=self.wait_s)
 
     def _start(self, page: int, min_version: int) -> _Fetch:
         future = self._pool.submit(self._pull, page, min_version)

@@ -48,7 +48,7 @@ from seraphim.proto.errors import InvalidArgument
 from seraphim.worker.client import DenseTable, PSClient
 from seraphim.worker.paged.activations import ActivationPlan, SavedActivations, SavedTensor
 from seraphim.worker.paged.gradients import PageGradients
-from seraphim.worker.paged.layout import PageLayout, RowShape, row_shape
+from seraphim.worker.paged.layout import PageLayout, RowShape, page_keys, row_shape
 from seraphim.worker.paged.page_cache import PageCache
 from seraphim.worker.paged.policy import EvictionPolicy, FarthestNextUse, LeastRecentlyUsed
 from seraphim.worker.paged.trace import BACKWARD, FORWARD, StepTrace, TraceCursor
@@ -215,8 +215,7 @@ class PagedModel:
 
         def flush(page: int) -> None:
             values = buffers.pop(page)
-            table.push(np.arange(page * rpp, (page + 1) * rpp, dtype=np.int64), values.reshape(rpp, -1),
-                       mode="assign")
+            table.push(page_keys(page, rpp), values.reshape(rpp, -1), mode="assign")
 
         for placement in self.layout.tensors:
             param = self._params[placement.name]
