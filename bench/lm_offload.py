@@ -207,10 +207,14 @@ class _DeepSpeedNvme:
     def __init__(self, config, spec, lr, betas, wd) -> None:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(spec["port"]), RANK="0", WORLD_SIZE="1",
                           LOCAL_RANK="0")
+        import warnings
+
         import deepspeed
 
         from seraphim.algorithms.transformer.model import TransformerLM
 
+        # ZeRO-3 calls torch.distributed's deprecated collectives on every step: one warning each, hundreds of lines
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
         deepspeed.init_distributed(dist_backend="gloo")
         nvme = Path(spec["scratch"]) / "nvme"
         nvme.mkdir(exist_ok=True)
@@ -225,6 +229,8 @@ class _DeepSpeedNvme:
                 "stage": 3, "sub_group_size": max(int(budget // 4), largest),
                 "stage3_max_live_parameters": max(int(budget // 2), 2 * largest),
                 "stage3_prefetch_bucket_size": buffer, "stage3_param_persistence_threshold": 0,
+                "stage3_max_reuse_distance": 0,  # release a parameter after its use (the default keeps every
+                                                 # parameter reused within 1e9 elements: all of them, past the buffers)
                 "offload_param": {"device": "nvme", "nvme_path": str(nvme), "pin_memory": False,
                                   "buffer_count": 5, "buffer_size": buffer, "max_in_cpu": 0},
                 "offload_optimizer": {"device": "nvme", "nvme_path": str(nvme), "pin_memory": False}},
