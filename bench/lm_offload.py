@@ -17,10 +17,13 @@ hyperparameters, one process each (Seraphim: a worker process and two PS process
   its own runtime (anonymous memory through the warm-up steps, and the library pages it had cached before touching
   the model) plus the bytes Seraphim may keep of the model states (the PS RAM budgets and the worker's page budget;
   Seraphim's are in its anonymous memory already), plus a margin (MARGIN and MARGIN_SHARE of the runtime);
-  ``*_memory_limit_hits`` say how often each group reached its limit (0: the limit did not bind). (a) ``mmap``:
-  weights, gradients and Adam moments in one memory-mapped file on the same disk, the kernel deciding what stays
+  ``*_memory_limit_hits`` say how often each group reached its limit (0: the limit did not bind), and
+  ``*_major_faults_per_step`` how often a measured step read memory-mapped bytes back from the disk (the state file,
+  LMDB; near 0: the states stayed in the page cache, so the limit did not bind on them). (a) ``mmap``: weights,
+  gradients and Adam moments in memory-mapped files (one per role) on the same disk, the kernel deciding what stays
   in memory; (b) DeepSpeed ZeRO-3 with parameters and optimizer states offloaded to NVMe (a directory on the same
-  disk) through its async-I/O op, on the CPU accelerator. ``ratio_vs_mmap`` and ``ratio_vs_deepspeed_nvme`` are our tokens/s over theirs.
+  disk) through its async-I/O op, on the CPU accelerator. ``ratio_vs_mmap`` and ``ratio_vs_deepspeed_nvme`` are our
+  tokens/s over theirs.
 
     python bench/lm_offload.py [--quick] [--steps 5] [--threads 2] [--batch 32]
 """
@@ -304,6 +307,7 @@ class Run:
             runtime = self.cage.stop_sampling()
             self.limit_bytes = libraries + runtime + self.state_budget + MARGIN + int(MARGIN_SHARE * runtime)
             self.cage.limit(self.limit_bytes)
+            faults_before = self.cage.major_faults
         self._go()
         code = self.proc.wait()
         if code:
@@ -313,6 +317,7 @@ class Run:
             result["cage_limit_bytes"] = self.limit_bytes
             result["cage_peak_bytes"] = self.cage.peak_usage_bytes
             result["cage_limit_hits"] = self.cage.limit_hits
+            result["cage_major_faults"] = self.cage.major_faults - faults_before
         return result
 
     def close(self) -> None:
@@ -417,6 +422,7 @@ def main() -> None:
         if "cage_limit_bytes" in ours_on:
             figures["ours_memory_limit_bytes"] = ours_on["cage_limit_bytes"]
             figures["ours_memory_limit_hits"] = ours_on["cage_limit_hits"]
+            figures["ours_major_faults_per_step"] = ours_on["cage_major_faults"] / a.steps
         wire = _wire_bytes_per_s(shape["page_kb"], shape["ps_page_kb"], scratch)
         moved = (ours_on["pulled_bytes"] + ours_on["pushed_bytes"]) / (a.warmup + a.steps)
         compute_s = sorted(torch_ram["step_s"])[len(torch_ram["step_s"]) // 2]
@@ -440,6 +446,7 @@ def main() -> None:
             if "cage_limit_bytes" in mmap:
                 figures["mmap_memory_limit_bytes"] = mmap["cage_limit_bytes"]
                 figures["mmap_memory_limit_hits"] = mmap["cage_limit_hits"]
+                figures["mmap_major_faults_per_step"] = mmap["cage_major_faults"] / a.steps
         if "deepspeed" not in skip:
             why = _deepspeed_unavailable()
             if why:
@@ -450,6 +457,9 @@ def main() -> None:
                               cage=cage_reason is None)
                     figures["tokens_per_s_deepspeed_nvme"] = tokens_per_s(ds, speed)
                     figures["ratio_vs_deepspeed_nvme"] = ours_tps / figures["tokens_per_s_deepspeed_nvme"]
+                    if "cage_limit_bytes" in ds:
+                        figures["deepspeed_memory_limit_hits"] = ds["cage_limit_hits"]
+                        figures["deepspeed_major_faults_per_step"] = ds["cage_major_faults"] / a.steps
                 except RuntimeError as exc:
                     print(f"# deepspeed not run: {exc}", flush=True)
         figures["bench_s"] = time.monotonic() - started

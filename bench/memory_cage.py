@@ -65,6 +65,11 @@ class MemoryCage:
         return int((self.path / "memory.max_usage_in_bytes").read_text())
 
     @property
+    def major_faults(self) -> int:
+        """Page faults of the group's processes that had to read from the disk (the memory-mapped state, LMDB)."""
+        return self.stat()["total_pgmajfault"]
+
+    @property
     def limit_hits(self) -> int:
         """How many times the group's usage reached its limit (each time, the kernel reclaimed memory in it)."""
         return int((self.path / "memory.failcnt").read_text())
