@@ -333,6 +333,15 @@ def tokens_per_s(result: dict, spec: dict) -> float:
     return spec["batch"] * spec["seq_len"] / step_s
 
 
+def cage_figures(name: str, result: dict, steps: int) -> dict[str, float]:
+    """A caged contender's limit, how often it hit it, and its reads from the disk per measured step."""
+    if "cage_limit_bytes" not in result:
+        return {}
+    return {f"{name}_memory_limit_bytes": result["cage_limit_bytes"],
+            f"{name}_memory_limit_hits": result["cage_limit_hits"],
+            f"{name}_major_faults_per_step": result["cage_major_faults"] / steps}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="the small model, for a check in a few minutes")
@@ -419,10 +428,7 @@ def main() -> None:
             "ps_peak_rss_bytes_max": max(ours_on["ps_peak_rss_bytes"]),
             "lmdb_bytes": ours_on["lmdb_bytes"],
         })
-        if "cage_limit_bytes" in ours_on:
-            figures["ours_memory_limit_bytes"] = ours_on["cage_limit_bytes"]
-            figures["ours_memory_limit_hits"] = ours_on["cage_limit_hits"]
-            figures["ours_major_faults_per_step"] = ours_on["cage_major_faults"] / a.steps
+        figures.update(cage_figures("ours", ours_on, a.steps))
         wire = _wire_bytes_per_s(shape["page_kb"], shape["ps_page_kb"], scratch)
         moved = (ours_on["pulled_bytes"] + ours_on["pushed_bytes"]) / (a.warmup + a.steps)
         compute_s = sorted(torch_ram["step_s"])[len(torch_ram["step_s"]) // 2]
@@ -443,10 +449,7 @@ def main() -> None:
             mmap = peer("mmap", speed, state_budget, cage=cage_reason is None)
             figures["tokens_per_s_mmap"] = tokens_per_s(mmap, speed)
             figures["ratio_vs_mmap"] = ours_tps / figures["tokens_per_s_mmap"]
-            if "cage_limit_bytes" in mmap:
-                figures["mmap_memory_limit_bytes"] = mmap["cage_limit_bytes"]
-                figures["mmap_memory_limit_hits"] = mmap["cage_limit_hits"]
-                figures["mmap_major_faults_per_step"] = mmap["cage_major_faults"] / a.steps
+            figures.update(cage_figures("mmap", mmap, a.steps))
         if "deepspeed" not in skip:
             why = _deepspeed_unavailable()
             if why:
@@ -457,9 +460,7 @@ def main() -> None:
                               cage=cage_reason is None)
                     figures["tokens_per_s_deepspeed_nvme"] = tokens_per_s(ds, speed)
                     figures["ratio_vs_deepspeed_nvme"] = ours_tps / figures["tokens_per_s_deepspeed_nvme"]
-                    if "cage_limit_bytes" in ds:
-                        figures["deepspeed_memory_limit_hits"] = ds["cage_limit_hits"]
-                        figures["deepspeed_major_faults_per_step"] = ds["cage_major_faults"] / a.steps
+                    figures.update(cage_figures("deepspeed", ds, a.steps))
                 except RuntimeError as exc:
                     print(f"# deepspeed not run: {exc}", flush=True)
         figures["bench_s"] = time.monotonic() - started
