@@ -28,23 +28,23 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt par
 _INT_MAX = 2**31 - 1
 
 
+def glibc_version() -> str | None:
+    """glibc's version string ("glibc 2.36"), or None under another C library; asks glibc itself (confstr)."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") or None
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows) or no such name (other C libraries)
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep the memory this process frees for its next allocations; True when applied.
 
-    A training step allocates its activations and gradients afresh, gigabytes of them for an LM at batch 32. glibc
-    gives blocks above 32 MiB back to the kernel when they are freed, trims its heap and frees the empty heaps of
-    its thread arenas, so every step faults in and zeroes the same memory again; on a VM that is the largest cost
-    after the matrix products. Here every block comes from one heap (one arena, no mmap) whose free top is kept up
-    to 2 GiB. Measured on the 2-core VM, lm-medium at batch 32 × 256: plain PyTorch 7.0-10.6 -> 5.5-6.0 s per step, a
-    paged worker beside 2 PS shards 9.2 -> 7.3 s. The cost: the process holds its peak footprint plus some
-    fragmentation (5.0 -> 5.6 GB there), which a memory limit shared with the page cache pays for: in
-    bench/lm_offload.py's memory cgroup the same worker ran at 815-1015 tokens/s against 872, hitting the limit
-    1.3-5.2 million times against 0.14 million. Hence opt-in. Other C libraries keep their own policy (False)."""
-    try:
-        glibc = os.confstr("CS_GNU_LIBC_VERSION")  # glibc's own answer; platform.libc_ver would scan the binary
-    except (AttributeError, ValueError, OSError):  # no confstr (Windows) or no such name (other C libraries)
-        glibc = None
-    if not glibc:
+    glibc hands blocks above 32 MiB back to the kernel when they are freed, so every training step faults in and
+    zeroes its activations afresh, the largest cost after the matrix products on a VM. Here every block comes from
+    one heap (one arena, no mmap) trimmed only above 2 GiB. The process then holds its peak footprint, which a memory
+    limit shared with the page cache pays for, hence opt-in (figures in the README's LM section). Other C libraries
+    keep their own policy (False)."""
+    if glibc_version() is None:
         return False
     libc = ctypes.CDLL(None)
     return all(libc.mallopt(param, value) == 1 for param, value in (
@@ -59,7 +59,8 @@ def apply_worker_heap_policy() -> str | None:
     if value == "0":
         return None
     if keep_freed_memory():
-        return f"{KEEP_FREED_MEMORY_ENV}=1: this process keeps the memory it frees (one arena, no mmap, no trim)"
+        return (f"{KEEP_FREED_MEMORY_ENV}=1: this process keeps the memory it frees (one arena, no mmap, trim above "
+                f"2 GiB)")
     return f"{KEEP_FREED_MEMORY_ENV}=1 ignored: the C library here is not glibc, whose malloc it tunes"
 
 

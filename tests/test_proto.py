@@ -2,7 +2,6 @@
 and the heap policy a worker process may opt into."""
 
 import os
-import platform
 import subprocess
 import sys
 import zlib
@@ -16,7 +15,7 @@ from seraphim.proto.codec import (decode_array, decode_keys, decode_pull_reply, 
 from seraphim.proto.errors import DataLoss, InvalidArgument
 from seraphim.proto.generate import stale_files
 from seraphim.proto.partition import dense_block, dense_shard_of, group_by_shard, sparse_shard_of
-from seraphim.proto.resources import KEEP_FREED_MEMORY_ENV, apply_worker_heap_policy
+from seraphim.proto.resources import KEEP_FREED_MEMORY_ENV, apply_worker_heap_policy, glibc_version
 from seraphim.proto.rpc import join_chunks, split_message
 
 
@@ -175,7 +174,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_freed_memory tunes glibc's malloc only")
+@pytest.mark.skipif(glibc_version() is None, reason="keep_freed_memory tunes glibc's malloc only")
 def test_a_worker_that_keeps_freed_memory_reuses_it_instead_of_faulting_in_fresh_pages():
     def faults(keep: str) -> int:
         done = subprocess.run([sys.executable, "-c", _STEPS_SCRIPT], capture_output=True, text=True, timeout=120,
