@@ -168,7 +168,7 @@ def step():
 for _ in range(4):                               # a kept heap settles within a few steps
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+for _ in range(6):
     step()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -182,8 +182,9 @@ def test_a_worker_that_keeps_freed_memory_reuses_it_instead_of_faulting_in_fresh
         return int(done.stdout.split()[-1])
 
     default, kept = faults("0"), faults("1")
-    assert default > 3 * (3 << 26) // 4096 // 2  # glibc maps the big blocks afresh each step: >= 1 fault per page
-    assert kept < default // 20
+    assert default > 6 * (3 << 26) // 4096 // 2  # glibc maps the big blocks afresh each step: >= 1 fault per page
+    # the kept heap faults nothing in most runs; in some, one or two of its 64 MiB blocks come back once (16k pages)
+    assert kept < default // 4
 
 
 def test_a_heap_policy_other_than_0_or_1_is_refused(monkeypatch):
