@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import socket
 import time
 from typing import Any, Callable, Iterable
@@ -54,6 +55,12 @@ def rates(prefix: str, rows_per_s: float, row_bytes: int) -> dict[str, float]:
 def geometric_mean(values: Iterable[float]) -> float:
     values = list(values)
     return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) that a live process has used so far (Linux: /proc/PID/stat)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def print_figures(figures: dict[str, float]) -> None:

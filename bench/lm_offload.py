@@ -24,6 +24,9 @@ hyperparameters, one process each (Seraphim: a worker process and two PS process
   in memory; (b) DeepSpeed ZeRO-3 with parameters and optimizer states offloaded to NVMe (a directory on the same
   disk) through its async-I/O op, on the CPU accelerator. ``ratio_vs_mmap`` and ``ratio_vs_deepspeed_nvme`` are our
   tokens/s over theirs.
+- **CPU per step**: ``*_cpu_s_per_step`` is the CPU time each contender used per measured step, its own process and,
+  for ours, the PS shards (``ours_ps_cpu_s_per_step``, counted until the worker exits). On a host whose cores the
+  compute threads already fill, every CPU-second the PS spends is taken from the compute.
 
     python bench/lm_offload.py [--quick] [--steps 5] [--threads 2] [--batch 32]
 """
@@ -74,16 +77,17 @@ def contender(role: str, spec: dict[str, Any]) -> None:
     trainer = {"torch": _TorchInRam, "ours": _Paged, "mmap": _MemoryMapped, "deepspeed": _DeepSpeedNvme}[role](
         config, spec, lr, betas, wd)
     _wait("READY")
-    losses, times = [], []
+    losses, times, cpu_start = [], [], time.process_time()
     for step in range(spec["warmup"] + spec["steps"]):
         if step == spec["warmup"]:
             _wait("WARM")
+            cpu_start = time.process_time()
         x, y = data.batch("train", step, 0, 1, spec["batch"], spec["seq_len"], seed=0)
         started = time.perf_counter()
         losses.append(trainer.step(step, torch.from_numpy(x), torch.from_numpy(y)))
         times.append(time.perf_counter() - started)
-    result = {"losses": losses, "step_s": times[spec["warmup"]:], "peak_rss_bytes": peak_rss_bytes(),
-              **trainer.extra()}
+    result = {"losses": losses, "step_s": times[spec["warmup"]:], "cpu_s": time.process_time() - cpu_start,
+              "peak_rss_bytes": peak_rss_bytes(), **trainer.extra()}
     Path(spec["out"]).write_text(json.dumps(result))
     trainer.close()
 
@@ -262,7 +266,7 @@ class _DeepSpeedNvme:
 class Run:
     """A contender's process, stepped through its handshake; optionally in a memory cage."""
 
-    def __init__(self, role: str, spec: dict[str, Any], scratch: Path, cage_pids: list[int] | None = None,
+    def __init__(self, role: str, spec: dict[str, Any], scratch: Path, helper_pids: list[int] | None = None,
                  state_budget: int = 0, cage: bool = False) -> None:
         self.role, self.spec = role, dict(spec, out=str(scratch / f"{role}.json"), scratch=str(scratch))
         spec_file = scratch / f"{role}.spec.json"
@@ -274,13 +278,14 @@ class Run:
             env = {**WORKER_OPENMP_ENV, **env}
         self.proc = subprocess.Popen([sys.executable, __file__, "--role", role, "--spec", str(spec_file)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.helper_pids = helper_pids or []  # processes serving this one (PS shards): caged and counted with it
         self.cage = None
         self.limit_bytes = 0
         if cage:
             from memory_cage import MemoryCage
 
             self.cage = MemoryCage(f"seraphim-bench-{role}-{os.getpid()}")
-            for pid in [self.proc.pid, *(cage_pids or [])]:
+            for pid in [self.proc.pid, *self.helper_pids]:
                 self.cage.add(pid)
         self.state_budget = state_budget
 
@@ -295,6 +300,8 @@ class Run:
         self.proc.stdin.flush()
 
     def run(self) -> dict[str, Any]:
+        from common import process_cpu_s
+
         self._until("IMPORTED")
         libraries = self.cage.cache_bytes if self.cage else 0
         self._go()
@@ -308,11 +315,13 @@ class Run:
             self.limit_bytes = libraries + runtime + self.state_budget + MARGIN + int(MARGIN_SHARE * runtime)
             self.cage.limit(self.limit_bytes)
             faults_before = self.cage.major_faults
+        helpers_cpu = sum(process_cpu_s(pid) for pid in self.helper_pids)
         self._go()
         code = self.proc.wait()
         if code:
             raise RuntimeError(f"{self.role} failed with exit code {code}")
         result = json.loads(Path(self.spec["out"]).read_text())
+        result["helpers_cpu_s"] = sum(process_cpu_s(pid) for pid in self.helper_pids) - helpers_cpu
         if self.cage:
             result["cage_limit_bytes"] = self.limit_bytes
             result["cage_peak_bytes"] = self.cage.peak_usage_bytes
@@ -340,6 +349,15 @@ def cage_figures(name: str, result: dict, steps: int) -> dict[str, float]:
     return {f"{name}_memory_limit_bytes": result["cage_limit_bytes"],
             f"{name}_memory_limit_hits": result["cage_limit_hits"],
             f"{name}_major_faults_per_step": result["cage_major_faults"] / steps}
+
+
+def cpu_figures(name: str, result: dict, steps: int) -> dict[str, float]:
+    """CPU seconds a contender used per measured step, its own process and the processes serving it (the PS shards):
+    on a host with few cores, what the step's compute has to share them with."""
+    figures = {f"{name}_cpu_s_per_step": (result["cpu_s"] + result["helpers_cpu_s"]) / steps}
+    if result["helpers_cpu_s"]:
+        figures[f"{name}_ps_cpu_s_per_step"] = result["helpers_cpu_s"] / steps
+    return figures
 
 
 def main() -> None:
@@ -429,6 +447,7 @@ def main() -> None:
             "lmdb_bytes": ours_on["lmdb_bytes"],
         })
         figures.update(cage_figures("ours", ours_on, a.steps))
+        figures.update(cpu_figures("torch_in_ram", torch_ram, a.steps) | cpu_figures("ours", ours_on, a.steps))
         wire = _wire_bytes_per_s(shape["page_kb"], shape["ps_page_kb"], scratch)
         moved = (ours_on["pulled_bytes"] + ours_on["pushed_bytes"]) / (a.warmup + a.steps)
         compute_s = sorted(torch_ram["step_s"])[len(torch_ram["step_s"]) // 2]
@@ -449,7 +468,7 @@ def main() -> None:
             mmap = peer("mmap", speed, state_budget, cage=cage_reason is None)
             figures["tokens_per_s_mmap"] = tokens_per_s(mmap, speed)
             figures["ratio_vs_mmap"] = ours_tps / figures["tokens_per_s_mmap"]
-            figures.update(cage_figures("mmap", mmap, a.steps))
+            figures.update(cage_figures("mmap", mmap, a.steps) | cpu_figures("mmap", mmap, a.steps))
         if "deepspeed" not in skip:
             why = _deepspeed_unavailable()
             if why:
@@ -460,7 +479,7 @@ def main() -> None:
                               cage=cage_reason is None)
                     figures["tokens_per_s_deepspeed_nvme"] = tokens_per_s(ds, speed)
                     figures["ratio_vs_deepspeed_nvme"] = ours_tps / figures["tokens_per_s_deepspeed_nvme"]
-                    figures.update(cage_figures("deepspeed", ds, a.steps))
+                    figures.update(cage_figures("deepspeed", ds, a.steps) | cpu_figures("deepspeed", ds, a.steps))
                 except RuntimeError as exc:
                     print(f"# deepspeed not run: {exc}", flush=True)
         figures["bench_s"] = time.monotonic() - started
