@@ -59,7 +59,8 @@ def geometric_mean(values: Iterable[float]) -> float:
 
 def process_cpu_s(pid: int) -> float:
     """CPU seconds (user + system, all threads) that a live process has used so far (Linux: /proc/PID/stat)."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
