@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -59,8 +60,7 @@ def geometric_mean(values: Iterable[float]) -> float:
 
 def process_cpu_s(pid: int) -> float:
     """CPU seconds (user + system, all threads) that a live process has used so far (Linux: /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after the name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
